@@ -1,0 +1,90 @@
+"""modeopt core: modes, plugins, state, safetensors checkpoints and searcher base classes."""
+
+from __future__ import annotations
+
+import importlib.metadata as _md
+
+try:
+    __version__ = _md.version("modeopt-core")
+except _md.PackageNotFoundError:  # pragma: no cover - source tree without install
+    __version__ = "0+unknown"
+
+from .config import ModeConfig, RuleConfig, make_rule_config, validate_config
+from .conversion import (
+    ModeLike,
+    applied_modes,
+    apply_mode,
+    export,
+    modeopt_state,
+    restore_from_modeopt_state,
+    search,
+    validate_modeopt_state,
+)
+from .errors import (
+    CheckpointError,
+    ConfigError,
+    ConstraintError,
+    ConvertError,
+    ModeChainError,
+    ModeNotFoundError,
+    ModeoptError,
+    ModeRegistrationError,
+    PluginError,
+    SearchError,
+    StateError,
+)
+from .hookspecs import hookimpl, hookspec
+from .mode import Metadata, ModeDescriptor
+from .plugins import (
+    PluginFailure,
+    PluginInfo,
+    get_plugin_manager,
+    list_plugins,
+    plugin_failures,
+    register_plugin,
+    unregister_plugin,
+)
+from .registry import get_mode, list_modes, mode_provider
+from .state import unwrap_model
+
+__all__ = [
+    "CheckpointError",
+    "ConfigError",
+    "ConstraintError",
+    "ConvertError",
+    "Metadata",
+    "ModeChainError",
+    "ModeConfig",
+    "ModeDescriptor",
+    "ModeLike",
+    "ModeNotFoundError",
+    "ModeRegistrationError",
+    "ModeoptError",
+    "PluginError",
+    "PluginFailure",
+    "PluginInfo",
+    "RuleConfig",
+    "SearchError",
+    "StateError",
+    "__version__",
+    "applied_modes",
+    "apply_mode",
+    "export",
+    "get_mode",
+    "get_plugin_manager",
+    "hookimpl",
+    "hookspec",
+    "list_modes",
+    "list_plugins",
+    "make_rule_config",
+    "mode_provider",
+    "modeopt_state",
+    "plugin_failures",
+    "register_plugin",
+    "restore_from_modeopt_state",
+    "search",
+    "unregister_plugin",
+    "unwrap_model",
+    "validate_config",
+    "validate_modeopt_state",
+]

@@ -1,0 +1,130 @@
+"""The search-space structure: which channel dimensions of which modules shrink together.
+
+This is plain data. The tied-channel analysis (``analysis``) produces it; the search-space
+builder (``space``) consumes it together with per-module rules to create hparams and dynamic
+modules. It is recorded verbatim in the mode metadata, so a checkpoint restores the exact same
+space without re-running the analysis (whose heuristics may change between versions).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+#: Roles of a module dimension that a binding can tie to channel groups.
+#:  - ``"out"``: output channels/features (conv ``weight`` dim 0 / transposed conv dim 1, linear dim 0, bias).
+#:  - ``"in"``: input channels/features (conv ``weight`` dim 1 / transposed conv dim 0, linear dim 1).
+#:  - ``"features"``: the single channel dim of a norm layer (BN/IN ``num_features``, LayerNorm last
+#:    dim, GroupNorm ``num_channels``); it is both consumed and produced.
+ROLES = ("out", "in", "features")
+
+STRUCTURE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Segment:
+    """A run of features in a module dimension that comes from one channel group.
+
+    ``repeat`` > 1 means every channel of the group spans ``repeat`` consecutive features (a
+    ``C x H x W`` feature map flattened into a ``Linear``: channel ``c`` owns features
+    ``c*repeat ... c*repeat + repeat - 1``).
+    """
+
+    group: int
+    repeat: int = 1
+
+
+@dataclass(frozen=True)
+class ChannelGroup:
+    """A set of channel dimensions that must always have the same width and channel order."""
+
+    id: int
+    size: int  # original width
+    searchable: bool = True
+    reason: str = ""  # why it is frozen (empty when searchable)
+
+
+@dataclass(frozen=True)
+class Binding:
+    """Ties one dimension of one module to channel groups.
+
+    The dimension is the concatenation of ``segments`` in order (one segment unless the module
+    consumes a ``torch.cat``); its width is ``sum(groups[s.group].size * s.repeat)``.
+    """
+
+    module: str  # qualified module name as in ``model.named_modules()``
+    role: str  # one of ROLES
+    segments: tuple[Segment, ...]
+
+
+@dataclass(frozen=True)
+class DepthSpec:
+    """An ``nn.Sequential`` whose trailing blocks may be dropped (elastic depth).
+
+    ``skippable`` lists the child indices that can be removed (each is shape-preserving,
+    e.g. a residual block); depth ``d`` keeps children ``0..d-1``, and is allowed when every
+    dropped index is skippable.
+    """
+
+    module: str
+    skippable: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class FrozenItem:
+    """Something the analysis could not make searchable, and why (for the report)."""
+
+    module: str
+    reason: str
+
+
+@dataclass
+class SpaceStructure:
+    """Everything needed to rebuild a search space on a fresh model without re-analysis."""
+
+    groups: list[ChannelGroup] = field(default_factory=list)
+    bindings: list[Binding] = field(default_factory=list)
+    depth: list[DepthSpec] = field(default_factory=list)
+    frozen: list[FrozenItem] = field(default_factory=list)
+    version: int = STRUCTURE_VERSION
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-serialisable dict (lists, not tuples)."""
+        return {
+            "version": self.version,
+            "groups": [asdict(g) for g in self.groups],
+            "bindings": [
+                {"module": b.module, "role": b.role, "segments": [[s.group, s.repeat] for s in b.segments]}
+                for b in self.bindings
+            ],
+            "depth": [{"module": d.module, "skippable": list(d.skippable)} for d in self.depth],
+            "frozen": [asdict(f) for f in self.frozen],
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> SpaceStructure:
+        """Inverse of :meth:`to_json`; raises ``ValueError`` on an unknown version or bad role."""
+        version = int(data.get("version", -1))
+        if version != STRUCTURE_VERSION:
+            raise ValueError(
+                f"search-space structure version {version} is not supported (this build reads "
+                f"version {STRUCTURE_VERSION}); upgrade modeopt-autonas to restore this checkpoint"
+            )
+        bindings = []
+        for b in data["bindings"]:
+            if b["role"] not in ROLES:
+                raise ValueError(f"binding for {b['module']!r} has unknown role {b['role']!r}; expected {ROLES}")
+            bindings.append(
+                Binding(b["module"], b["role"], tuple(Segment(int(g), int(r)) for g, r in b["segments"]))
+            )
+        return cls(
+            groups=[ChannelGroup(**g) for g in data["groups"]],
+            bindings=bindings,
+            depth=[DepthSpec(d["module"], tuple(d["skippable"])) for d in data["depth"]],
+            frozen=[FrozenItem(**f) for f in data["frozen"]],
+            version=version,
+        )
+
+    def bindings_of(self, module: str) -> list[Binding]:
+        """All bindings of one module."""
+        return [b for b in self.bindings if b.module == module]
