@@ -9,7 +9,9 @@ try:
 except _md.PackageNotFoundError:  # pragma: no cover - source tree without install
     __version__ = "0+unknown"
 
+from .calibration import CalibrationError, make_forward_loop, recalibrate_batchnorm
 from .config import ModeConfig, RuleConfig, make_rule_config, validate_config
+from .constraints import ConstraintResult, Constraints, ForwardProfiler, ModelProfiler
 from .conversion import (
     ModeLike,
     applied_modes,
@@ -45,13 +47,20 @@ from .plugins import (
     unregister_plugin,
 )
 from .registry import get_mode, list_modes, mode_provider
+from .searcher import BaseSearcher, IterativeSearcher
 from .state import unwrap_model
 
 __all__ = [
+    "BaseSearcher",
+    "CalibrationError",
     "CheckpointError",
     "ConfigError",
     "ConstraintError",
+    "ConstraintResult",
+    "Constraints",
     "ConvertError",
+    "ForwardProfiler",
+    "IterativeSearcher",
     "Metadata",
     "ModeChainError",
     "ModeConfig",
@@ -59,6 +68,7 @@ __all__ = [
     "ModeLike",
     "ModeNotFoundError",
     "ModeRegistrationError",
+    "ModelProfiler",
     "ModeoptError",
     "PluginError",
     "PluginFailure",
@@ -76,10 +86,12 @@ __all__ = [
     "hookspec",
     "list_modes",
     "list_plugins",
+    "make_forward_loop",
     "make_rule_config",
     "mode_provider",
     "modeopt_state",
     "plugin_failures",
+    "recalibrate_batchnorm",
     "register_plugin",
     "restore_from_modeopt_state",
     "search",

@@ -10,6 +10,9 @@ EXPECTED = {
     "list_modes", "list_plugins", "make_rule_config", "mode_provider", "modeopt_state", "plugin_failures",
     "register_plugin", "restore_from_modeopt_state", "search", "unregister_plugin", "unwrap_model",
     "validate_config", "validate_modeopt_state",
+    # searcher base
+    "BaseSearcher", "IterativeSearcher", "Constraints", "ConstraintResult", "ModelProfiler", "ForwardProfiler",
+    "recalibrate_batchnorm", "make_forward_loop", "CalibrationError",
 }
 
 
