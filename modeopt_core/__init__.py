@@ -10,6 +10,7 @@ except _md.PackageNotFoundError:  # pragma: no cover - source tree without insta
     __version__ = "0+unknown"
 
 from .calibration import CalibrationError, make_forward_loop, recalibrate_batchnorm
+from .checkpoint import CheckpointInfo, inspect_checkpoint, restore, save
 from .config import ModeConfig, RuleConfig, make_rule_config, validate_config
 from .constraints import ConstraintResult, Constraints, ForwardProfiler, ModelProfiler
 from .conversion import (
@@ -49,11 +50,13 @@ from .plugins import (
 from .registry import get_mode, list_modes, mode_provider
 from .searcher import BaseSearcher, IterativeSearcher
 from .state import unwrap_model
+from .statefile import read_state_file, write_state_file
 
 __all__ = [
     "BaseSearcher",
     "CalibrationError",
     "CheckpointError",
+    "CheckpointInfo",
     "ConfigError",
     "ConstraintError",
     "ConstraintResult",
@@ -84,6 +87,7 @@ __all__ = [
     "get_plugin_manager",
     "hookimpl",
     "hookspec",
+    "inspect_checkpoint",
     "list_modes",
     "list_plugins",
     "make_forward_loop",
@@ -91,12 +95,16 @@ __all__ = [
     "mode_provider",
     "modeopt_state",
     "plugin_failures",
+    "read_state_file",
     "recalibrate_batchnorm",
     "register_plugin",
+    "restore",
     "restore_from_modeopt_state",
+    "save",
     "search",
     "unregister_plugin",
     "unwrap_model",
     "validate_config",
     "validate_modeopt_state",
+    "write_state_file",
 ]

@@ -13,6 +13,8 @@ EXPECTED = {
     # searcher base
     "BaseSearcher", "IterativeSearcher", "Constraints", "ConstraintResult", "ModelProfiler", "ForwardProfiler",
     "recalibrate_batchnorm", "make_forward_loop", "CalibrationError",
+    # checkpoints
+    "save", "restore", "inspect_checkpoint", "CheckpointInfo", "read_state_file", "write_state_file",
 }
 
 
