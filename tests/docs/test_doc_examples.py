@@ -1,0 +1,80 @@
+"""The code examples in the docs run and do what the text says."""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+import types
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from torch import nn
+
+import modeopt_core as mo
+from modeopt_core.cli import main
+
+DOCS = Path(__file__).parents[2] / "docs"
+EXAMPLE_DIST = Path(__file__).parents[1] / "core" / "plugin_dists" / "example"
+
+
+def _block(page: str, marker: str) -> str:
+    blocks = re.findall(r"```python\n(.*?)```", (DOCS / page).read_text(), flags=re.DOTALL)
+    (found,) = [b for b in blocks if marker in b]
+    return found
+
+
+def _as_module(name: str, code: str) -> types.ModuleType:
+    module = types.ModuleType(name)
+    exec(compile(code, f"<docs {name}>", "exec"), module.__dict__)
+    return module
+
+
+@pytest.fixture
+def example_plugin() -> Iterator[types.ModuleType]:
+    """The example distribution's package, registered in-process (its pip-installed form is tested in tests/core)."""
+    sys.path.insert(0, str(EXAMPLE_DIST))
+    try:
+        import modeopt_example_plugin
+    finally:
+        sys.path.remove(str(EXAMPLE_DIST))
+    name = mo.register_plugin(modeopt_example_plugin, name="docs-example")
+    yield modeopt_example_plugin
+    mo.unregister_plugin(name)
+
+
+def test_concepts_convert_timer_logs_each_convert(example_plugin: types.ModuleType,
+                                                  caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="convert_timer")
+    _as_module("docs_convert_timer", _block("concepts.md", "class ConvertTimer"))  # registers itself
+    try:
+        mo.apply_mode(nn.Sequential(nn.Linear(2, 2)), "halve_linear")
+    finally:
+        mo.unregister_plugin("convert-timer")
+    (record,) = [r for r in caplog.records if r.name == "convert_timer"]
+    assert re.fullmatch(r"halve_linear took \d+\.\d{3} s", record.getMessage())
+
+
+def test_plugin_guide_veto_wrapper_rolls_back(example_plugin: types.ModuleType) -> None:
+    veto = _as_module("docs_veto", _block("writing-a-plugin.md", "needs at least one nn.Linear"))
+    mo.register_plugin(veto, name="docs-veto")
+    try:
+        no_linear = nn.Sequential(nn.ReLU())
+        with pytest.raises(mo.ConvertError, match="halve_linear needs at least one nn.Linear"):
+            mo.apply_mode(no_linear, "halve_linear")
+        assert mo.applied_modes(no_linear) == []
+        assert mo.applied_modes(mo.apply_mode(nn.Sequential(nn.Linear(2, 2)), "halve_linear")) == ["halve_linear"]
+    finally:
+        mo.unregister_plugin("docs-veto")
+
+
+def test_plugin_guide_command_is_added(capsys: pytest.CaptureFixture[str]) -> None:
+    commands = _as_module("docs_commands", _block("writing-a-plugin.md", "modeopt_register_commands"))
+    mo.register_plugin(commands, name="docs-commands")
+    try:
+        assert main(["halve", "some.safetensors", "--factor", "0.25"]) == 0
+        assert main(["--help"]) == 0
+    finally:
+        mo.unregister_plugin("docs-commands")
+    assert "halve" in capsys.readouterr().out
