@@ -1,0 +1,118 @@
+"""Elastic depth: which trailing children of an ``nn.Sequential`` can be dropped.
+
+A child is skippable when it is a shape-preserving residual block: walking back from its output
+through element-wise ops reaches an add one of whose operands leads (again through element-wise
+ops only) to the block's own input, so ``output = input (+ ...)`` has the input's shape, and its
+input and output channels are the same group. Conservative conditions (all from the trace, no
+re-tracing, no model changes):
+
+* the Sequential uses ``nn.Sequential.forward`` (dropping children means running fewer of them)
+  and is called exactly once in the traced graphs, as is each child;
+* the child was traced through (not a leaf, not untraceable) and none of its parameters or
+  submodules' parameters is read from outside the child (code that reaches into ``seq[i]``);
+* only the trailing run of skippable children is reported (depth ``d`` keeps children ``0..d-1``).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from torch import fx, nn
+
+from ..structure import DepthSpec
+from .ops import ADD_FUNCTIONS, ADD_METHODS, ELEMENTWISE_FUNCTIONS, ELEMENTWISE_METHODS, ELEMENTWISE_MODULES
+from .ops import module_class_in as _module_class_in
+from .tracer import ModuleCall, TracedGraph
+
+__all__ = ["find_depth"]
+
+
+def _is_add(node: fx.Node) -> bool:
+    return (node.op == "call_function" and node.target in ADD_FUNCTIONS) or (
+        node.op == "call_method" and node.target in ADD_METHODS
+    )
+
+
+def _is_elementwise(node: fx.Node, traced: TracedGraph) -> bool:
+    if node.op == "call_function":
+        return node.target in ELEMENTWISE_FUNCTIONS
+    if node.op == "call_method":
+        return node.target in ELEMENTWISE_METHODS
+    if node.op == "call_module":
+        try:
+            module = traced.root.get_submodule(str(node.target))
+        except AttributeError:
+            return False
+        return _module_class_in(module, ELEMENTWISE_MODULES)
+    return False
+
+
+def _is_residual(call: ModuleCall, traced: TracedGraph) -> bool:
+    """``call.output`` is ``call.input`` plus something, through element-wise ops only."""
+    if call.input is None or call.output is None:
+        return False
+    stack: list[tuple[fx.Node, bool]] = [(call.output, False)]
+    seen: set[tuple[fx.Node, bool]] = set()
+    while stack:
+        node, after_add = stack.pop()
+        if (node, after_add) in seen:
+            continue
+        seen.add((node, after_add))
+        if node is call.input:
+            if after_add:
+                return True
+            continue
+        if _is_add(node):
+            stack.extend((a, True) for a in node.args[:2] if isinstance(a, fx.Node))
+        elif _is_elementwise(node, traced) and node.args and isinstance(node.args[0], fx.Node):
+            stack.append((node.args[0], after_add))
+    return False
+
+
+def _reached_from_outside(traced: TracedGraph) -> set[str]:
+    """Modules whose attributes (or their submodules' attributes) are read from code outside of them."""
+    out: set[str] = set()
+    for node in traced.graph.nodes:
+        if node.op != "get_attr" or str(node.target) in traced.constants:
+            continue
+        stack = node.meta.get("nn_module_stack") or {}
+        scopes = {traced.qualify(v[0]) for v in stack.values()} | {traced.scope}
+        parts = traced.qualify(str(node.target)).split(".")[:-1]
+        for i in range(1, len(parts) + 1):
+            owner = ".".join(parts[:i])
+            if owner not in scopes:
+                out.add(owner)
+    return out
+
+
+def find_depth(model: nn.Module, graphs: list[TracedGraph], opaque: set[str]) -> list[DepthSpec]:
+    """Depth specs for every Sequential with a trailing run of skippable residual children."""
+    counts: Counter[str] = Counter()
+    calls: dict[str, tuple[ModuleCall, TracedGraph]] = {}
+    outside: set[str] = set()
+    for traced in graphs:
+        outside |= _reached_from_outside(traced)
+        for call in traced.calls:
+            counts[call.name] += 1
+            calls[call.name] = (call, traced)
+    specs: list[DepthSpec] = []
+    for name, seq in model.named_modules():
+        if not isinstance(seq, nn.Sequential) or type(seq).forward is not nn.Sequential.forward:
+            continue
+        if counts[name] != 1 or name in opaque or calls[name][0].leaf:
+            continue
+        skippable: list[int] = []
+        children = list(seq.named_children())
+        for index in range(len(children) - 1, -1, -1):
+            child = f"{name}.{children[index][0]}" if name else children[index][0]
+            if counts[child] != 1 or child in opaque:
+                break
+            call, traced = calls[child]
+            if call.leaf or child in outside:
+                break
+            if not _is_residual(call, traced):
+                break
+            skippable.append(index)
+        if skippable:
+            specs.append(DepthSpec(name, tuple(sorted(skippable))))
+    return specs

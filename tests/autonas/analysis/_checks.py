@@ -1,0 +1,44 @@
+"""Structural invariants every analysis result must satisfy, independent of the model."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from modeopt_autonas.analysis import AnalysisResult
+from modeopt_autonas.structure import ROLES, SpaceStructure
+
+_WIDTH_ATTRS = {
+    "out": ("out_channels", "out_features"),
+    "in": ("in_channels", "in_features"),
+    "features": ("num_features", "num_channels", "normalized_shape"),
+}
+
+
+def module_width(module: nn.Module, role: str) -> int:
+    for attr in _WIDTH_ATTRS[role]:
+        value = getattr(module, attr, None)
+        if value is not None:
+            return int(value[-1]) if isinstance(value, (tuple, list)) else int(value)
+    raise AssertionError(f"{type(module).__name__} has no width for role {role}")
+
+
+def assert_consistent(model: nn.Module, result: AnalysisResult) -> None:
+    """Bindings match module widths, ids are compact, JSON round-trips, the report agrees."""
+    structure = result.structure
+    modules = dict(model.named_modules())
+    sizes = {g.id: g.size for g in structure.groups}
+    assert [g.id for g in structure.groups] == list(range(len(structure.groups)))
+    seen = set()
+    for b in structure.bindings:
+        assert b.role in ROLES and b.module in modules, b
+        assert (b.module, b.role) not in seen, f"duplicate binding {b}"
+        seen.add((b.module, b.role))
+        width = sum(sizes[s.group] * s.repeat for s in b.segments)
+        assert width == module_width(modules[b.module], b.role), f"{b} does not add up to the module width"
+    for g in structure.groups:
+        assert g.searchable == (g.reason == ""), g
+    assert SpaceStructure.from_json(structure.to_json()) == structure
+    report = result.report
+    assert [g.id for g in report.groups] == [g.id for g in structure.groups]
+    assert len(report.searchable_groups) == sum(g.searchable for g in structure.groups)
+    assert report.format_table()

@@ -1,0 +1,200 @@
+"""The torchvision zoo (weights=None, built on the meta device): analysis only, concrete facts."""
+
+from __future__ import annotations
+
+import pytest
+
+from modeopt_autonas.layers import LAYERS
+
+from ._checks import assert_consistent
+from ._zoo import analyzed
+
+#: name -> (searchable groups, frozen groups, Sequentials with elastic depth). Reviewed by hand:
+#: e.g. resnet50 = 4 residual streams (the stem joins layer1's) + 2 inner groups x 16 bottlenecks +
+#: ... ; densenet121 = 58 dense layers x 2 + stem + 3 transitions; alexnet = 5 convs + 2 hidden fcs.
+ZOO = {
+    "resnet18": (12, 2, 4),
+    "resnet50": (37, 2, 4),
+    "resnext50_32x4d": (21, 2, 4),
+    "wide_resnet50_2": (37, 2, 4),
+    "mobilenet_v2": (25, 2, 0),
+    "mobilenet_v3_small": (27, 2, 0),
+    "mobilenet_v3_large": (30, 2, 0),
+    "efficientnet_b0": (40, 2, 5),
+    "efficientnet_v2_s": (75, 2, 6),
+    "densenet121": (120, 2, 0),
+    "googlenet": (61, 4, 0),
+    "inception_v3": (96, 3, 0),
+    "shufflenet_v2_x1_0": (18, 39, 0),
+    "vit_b_16": (12, 7, 1),
+    "convnext_tiny": (18, 12, 5),
+    "swin_t": (12, 9, 5),
+    "squeezenet1_1": (25, 2, 0),
+    "alexnet": (7, 2, 0),
+    "vgg11_bn": (10, 2, 0),
+    "regnet_x_400mf": (27, 2, 3),
+    "regnet_y_400mf": (37, 2, 3),
+    "mnasnet0_5": (25, 2, 5),
+}
+
+
+@pytest.mark.parametrize("name", sorted(ZOO))
+def test_zoo_model_analyses_consistently(name):
+    model, result = analyzed(name)
+    assert_consistent(model, result)
+    report = result.report
+    assert (len(report.searchable_groups), len(report.frozen_groups), len(report.depth)) == ZOO[name]
+    assert not report.untraceable
+    assert not any("analysis error" in r for g in report.groups for r in g.reasons)
+    outputs = [g for g in report.frozen_groups if "model output" in g.reasons]
+    assert outputs, "the classifier output must be frozen"
+
+
+def _group(name: str, member: str):
+    return analyzed(name)[1].report.group_of(member)
+
+
+def _binding(name: str, module: str, role: str):
+    (b,) = [b for b in analyzed(name)[1].structure.bindings_of(module) if b.role == role]
+    return b
+
+
+def test_resnet18_layer1_residual_stream():
+    stream = _group("resnet18", "conv1.out")
+    assert stream.searchable and stream.width == 64
+    assert {
+        "bn1.features",
+        "layer1.0.conv2.out",
+        "layer1.1.conv2.out",
+        "layer2.0.conv1.in",
+        "layer2.0.downsample.0.in",
+    } <= set(stream.members)
+    fc_out = _group("resnet18", "fc.out")
+    assert not fc_out.searchable and fc_out.reasons == ("model output",)
+    layer2 = _group("resnet18", "layer2.0.downsample.0.out")
+    assert {"layer2.0.conv2.out", "layer2.1.conv2.out", "layer3.0.conv1.in"} <= set(layer2.members)
+    depth = {d.module: d.skippable for d in analyzed("resnet18")[1].structure.depth}
+    assert depth == {"layer1": (0, 1), "layer2": (1,), "layer3": (1,), "layer4": (1,)}
+
+
+def test_resnext_grouped_conv_is_tied_to_its_input_and_needs_whole_groups():
+    model, _ = analyzed("resnext50_32x4d")
+    group = _group("resnext50_32x4d", "layer1.0.conv1.out")
+    assert {"layer1.0.conv2.in", "layer1.0.conv2.out", "layer1.0.bn2.features", "layer1.0.conv3.in"} <= set(
+        group.members
+    )
+    assert LAYERS.spec(model.get_submodule("layer1.0.conv2")).multiple_of == 4
+
+
+def test_mobilenet_v2_depthwise_is_tied_to_the_expand_conv():
+    group = _group("mobilenet_v2", "features.2.conv.0.0.out")
+    assert group.searchable
+    assert {"features.2.conv.1.0.in", "features.2.conv.1.0.out", "features.2.conv.2.in"} <= set(group.members)
+    stream = _group("mobilenet_v2", "features.2.conv.2.out")
+    assert {"features.3.conv.2.out", "features.4.conv.0.0.in"} <= set(stream.members)
+
+
+def test_efficientnet_b0_squeeze_excitation_scale_is_tied_to_the_depthwise_output():
+    group = _group("efficientnet_b0", "features.2.0.block.0.0.out")
+    assert group.searchable
+    assert {
+        "features.2.0.block.1.0.out",  # depthwise
+        "features.2.0.block.2.fc1.in",  # SE squeeze
+        "features.2.0.block.2.fc2.out",  # SE scale
+        "features.2.0.block.3.0.in",  # project
+    } <= set(group.members)
+    assert _group("efficientnet_b0", "features.2.0.block.2.fc1.out").searchable
+
+
+def test_densenet121_concat_segments_in_order():
+    norm = _binding("densenet121", "features.denseblock1.denselayer2.norm1", "features")
+    assert [s.group for s in norm.segments] == [
+        _group("densenet121", "features.conv0.out").id,
+        _group("densenet121", "features.denseblock1.denselayer1.conv2.out").id,
+    ]
+    transition = _binding("densenet121", "features.transition1.conv", "in")
+    layers = [f"features.denseblock1.denselayer{i}.conv2.out" for i in range(1, 7)]
+    expected = [_group("densenet121", m).id for m in ("features.conv0.out", *layers)]
+    assert [s.group for s in transition.segments] == expected
+
+
+def test_googlenet_inception_concat():
+    conv_in = _binding("googlenet", "inception3b.branch1.conv", "in")
+    parts = ("branch1.conv", "branch2.1.conv", "branch3.1.conv", "branch4.1.conv")
+    assert [s.group for s in conv_in.segments] == [_group("googlenet", f"inception3a.{p}.out").id for p in parts]
+    aux = [g for g in analyzed("googlenet")[1].report.frozen_groups if g.reasons == ("model output",)]
+    assert {m for g in aux for m in g.members} == {"fc.out", "aux1.fc2.out", "aux2.fc2.out"}
+
+
+def test_inception_v3_nested_concat_is_flattened():
+    conv_in = _binding("inception_v3", "Mixed_7c.branch1x1.conv", "in")
+    parts = ("branch1x1", "branch3x3_2a", "branch3x3_2b", "branch3x3dbl_3a", "branch3x3dbl_3b", "branch_pool")
+    expected = [_group("inception_v3", f"Mixed_7b.{p}.conv.out").id for p in parts]
+    assert [s.group for s in conv_in.segments] == expected
+
+
+def test_shufflenet_branch_convs_are_searchable_but_the_shuffled_streams_are_not():
+    inner = _group("shufflenet_v2_x1_0", "stage2.1.branch2.0.out")
+    assert inner.searchable
+    assert {"stage2.1.branch2.3.in", "stage2.1.branch2.3.out", "stage2.1.branch2.5.in"} <= set(inner.members)
+    shuffled = _group("shufflenet_v2_x1_0", "stage2.0.branch2.5.out")
+    assert not shuffled.searchable and "reshaped by Tensor.view" in shuffled.reasons[0]
+    assert not _group("shufflenet_v2_x1_0", "stage2.1.branch2.0.in").searchable
+    assert _group("shufflenet_v2_x1_0", "conv1.0.out").searchable  # stem feeds both stride-2 branches
+
+
+def test_vit_mlp_hidden_is_searchable_and_attention_is_frozen():
+    _, result = analyzed("vit_b_16")
+    for i in range(12):
+        hidden = result.report.group_of(f"encoder.layers.encoder_layer_{i}.mlp.0.out")
+        assert hidden.searchable and hidden.width == 3072
+        assert f"encoder.layers.encoder_layer_{i}.mlp.3.in" in hidden.members
+    ln1 = result.report.group_of("encoder.layers.encoder_layer_0.ln_1.features")
+    assert not ln1.searchable and any("MultiheadAttention" in r for r in ln1.reasons)
+    frozen = {f.module: f.reason for f in result.structure.frozen}
+    assert "inside opaque module" in frozen["encoder.layers.encoder_layer_0.self_attention.out_proj"]
+    assert [d.module for d in result.structure.depth] == ["encoder.layers"]
+
+
+def test_convnext_block_mlp_is_searchable_and_layer_scale_freezes_the_stream():
+    hidden = _group("convnext_tiny", "features.1.0.block.3.out")
+    assert hidden.searchable and set(hidden.members) == {"features.1.0.block.3.out", "features.1.0.block.5.in"}
+    stream = _group("convnext_tiny", "features.3.0.block.5.out")
+    assert not stream.searchable
+    assert any("layer_scale" in r and "need slicing" in r for r in stream.reasons)
+    assert any("torch.nn.functional.layer_norm" in r for r in stream.reasons)
+
+
+def test_swin_mlp_is_searchable_and_functional_attention_weights_are_frozen():
+    hidden = _group("swin_t", "features.1.0.mlp.0.out")
+    assert hidden.searchable and "features.1.0.mlp.3.in" in hidden.members
+    frozen = {f.module: f.reason for f in analyzed("swin_t")[1].structure.frozen}
+    assert "used directly" in frozen["features.1.0.attn.qkv"]
+    assert "used directly" in frozen["features.1.0.attn.proj"]
+
+
+def test_squeezenet_fire_concat():
+    squeeze_in = _binding("squeezenet1_1", "features.4.squeeze", "in")
+    assert [s.group for s in squeeze_in.segments] == [
+        _group("squeezenet1_1", "features.3.expand1x1.out").id,
+        _group("squeezenet1_1", "features.3.expand3x3.out").id,
+    ]
+
+
+@pytest.mark.parametrize(
+    ("name", "linear", "last_conv", "repeat"),
+    [("alexnet", "classifier.1", "features.10", 36), ("vgg11_bn", "classifier.0", "features.25", 49)],
+)
+def test_flatten_after_adaptive_pool_repeats_each_channel(name, linear, last_conv, repeat):
+    fc_in = _binding(name, linear, "in")
+    assert len(fc_in.segments) == 1 and fc_in.segments[0].repeat == repeat
+    group = _group(name, f"{last_conv}.out")
+    assert group.searchable and fc_in.segments[0].group == group.id
+
+
+def test_regnet_grouped_bottleneck_and_squeeze_excitation():
+    model, _ = analyzed("regnet_y_400mf")
+    block = "trunk_output.block1.block1-0.f"
+    group = _group("regnet_y_400mf", f"{block}.a.0.out")
+    assert {f"{block}.b.0.in", f"{block}.b.0.out", f"{block}.se.fc2.out", f"{block}.c.0.in"} <= set(group.members)
+    assert LAYERS.spec(model.get_submodule(f"{block}.b.0")).multiple_of == 8
