@@ -1,0 +1,299 @@
+"""Turning a ``SpaceStructure`` plus per-module rules into hparams and dynamic modules (private)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, NoReturn, cast
+
+from torch import nn
+
+from modeopt_core.errors import ConfigError
+
+from .dynamic import DimBinding, DynamicModule, DynamicSequential, kernel_size_choices
+from .errors import SearchSpaceError, StructureMismatchError
+from .hparam import Hparam, make_divisible
+from .layers import LAYERS
+from .structure import ROLES, Binding, SpaceStructure
+
+_log = logging.getLogger(__name__)
+
+RulesFn = Callable[[str, nn.Module], Mapping[str, Any] | None]
+_ROLE_PRIORITY = {"out": 0, "features": 1, "in": 2}
+
+
+@dataclass(frozen=True)
+class Member:
+    """One place a channel group lives: a segment of one module dimension."""
+
+    module: str
+    role: str
+    offset: int  # first feature of the segment in the (full-width) dimension
+    repeat: int
+    size: int  # channels of the group
+
+
+@dataclass
+class Built:
+    """What the builder produced, for ``SearchSpace``."""
+
+    hparams: dict[str, Hparam]  # every hparam (also non-configurable), in a stable order
+    group_hparams: dict[int, Hparam]
+    members: dict[int, list[Member]]
+    depth_hparams: dict[str, Hparam]  # sequential name -> depth hparam
+    frozen: dict[str, str]  # hparam name -> why it is not configurable
+    dynamic: dict[str, DynamicModule] = field(default_factory=dict)
+
+
+def _dynamic_class(module: nn.Module) -> type[DynamicModule] | None:
+    return cast("type[DynamicModule] | None", LAYERS.dynamic_class(module))
+
+
+def _qualified(module: str, attr: str) -> str:
+    return f"{module}.{attr}" if module else attr
+
+
+def _fail(msg: str) -> NoReturn:
+    raise StructureMismatchError(msg + "; rebuild the structure for this model (or fix the structure data)")
+
+
+def _validate(model: nn.Module, structure: SpaceStructure, modules: dict[str, nn.Module]) -> None:
+    for name, m in modules.items():
+        if isinstance(m, DynamicModule):
+            raise SearchSpaceError(
+                f"module {name or '<root>'!r} is already converted to a search space; build the space on "
+                "an unconverted model (or export the existing space first)"
+            )
+    sizes = {}
+    for g in structure.groups:
+        if g.id in sizes:
+            _fail(f"channel group id {g.id} appears twice")
+        if g.size < 1:
+            _fail(f"channel group {g.id} has size {g.size}")
+        sizes[g.id] = g.size
+    seen: set[tuple[str, str]] = set()
+    for b in structure.bindings:
+        if b.module not in modules:
+            _fail(f"binding names module {b.module!r}, which the model does not have")
+        if b.role not in ROLES:
+            _fail(f"binding of {b.module!r} has unknown role {b.role!r} (expected one of {ROLES})")
+        if (b.module, b.role) in seen:
+            _fail(f"module {b.module!r} has two bindings for role {b.role!r}")
+        seen.add((b.module, b.role))
+        if not b.segments:
+            _fail(f"binding {b.module!r}/{b.role} has no segments")
+        for s in b.segments:
+            if s.group not in sizes:
+                _fail(f"binding {b.module!r}/{b.role} refers to unknown channel group {s.group}")
+            if s.repeat < 1:
+                _fail(f"binding {b.module!r}/{b.role} has repeat {s.repeat} < 1")
+        m = modules[b.module]
+        dyn = _dynamic_class(m)
+        if dyn is None:
+            continue
+        layout = dyn._dyn_layout(m)  # type: ignore[arg-type]
+        if b.role not in layout:
+            _fail(f"{type(m).__name__} {b.module!r} has no {b.role!r} dimension (has {sorted(layout)})")
+        width = sum(sizes[s.group] * s.repeat for s in b.segments)
+        full = dyn.full_width(m, b.role)
+        if width != full:
+            _fail(f"binding {b.module!r}/{b.role} spans {width} features but the module has {full}")
+    for name, m in modules.items():
+        spec = LAYERS.spec(m)
+        if isinstance(m, nn.modules.conv._ConvNd) and m.groups > 1 and spec and not spec.frozen_reason:
+            ins = [b for b in structure.bindings if b.module == name and b.role == "in"]
+            outs = [b for b in structure.bindings if b.module == name and b.role == "out"]
+            if (ins or outs) and (not ins or not outs or ins[0].segments != outs[0].segments):
+                _fail(f"grouped conv {name!r} must bind 'in' and 'out' to the same channel groups")
+    depth_seen = set()
+    for d in structure.depth:
+        seq = modules.get(d.module)
+        if not isinstance(seq, nn.Sequential) or type(seq).forward is not nn.Sequential.forward:
+            _fail(f"depth spec names {d.module!r}, which is not an nn.Sequential (without its own forward)")
+        if d.module in depth_seen:
+            _fail(f"depth spec for {d.module!r} appears twice")
+        depth_seen.add(d.module)
+        bad = [i for i in d.skippable if not 0 <= i < len(seq)]
+        if bad:
+            _fail(f"depth spec of {d.module!r} marks children {bad} skippable but it has {len(seq)} children")
+
+
+def _ratios(rule: Mapping[str, Any], key: str, where: str) -> list[float] | None:
+    ratios = rule.get(key)
+    if ratios is None:
+        return None
+    try:
+        values = [float(r) for r in ratios]
+    except (TypeError, ValueError):
+        raise ConfigError(f"rule {where}.{key} must be a list of numbers in (0, 1], got {ratios!r}") from None
+    if any(not 0 < r <= 1 for r in values):
+        raise ConfigError(f"rule {where}.{key} must hold ratios in (0, 1], got {ratios!r}")
+    return values
+
+
+def _positive_int(rule: Mapping[str, Any], key: str, where: str, default: int) -> int:
+    value = rule.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigError(f"rule {where}.{key} must be a non-negative int, got {value!r}")
+    return value
+
+
+def _group_hparam(
+    gid: int, size: int, reason: str, members: list[tuple[Binding, nn.Module]], rule_of: dict[str, Any]
+) -> tuple[Hparam, str]:
+    reasons = [reason] if reason else []
+    allowed: set[int] | None = None
+    multiples: set[int] = set()
+    sortable = True
+    for b, m in members:
+        dyn, spec = _dynamic_class(m), LAYERS.spec(m)
+        if dyn is None or spec is None:
+            reasons.append(f"{b.module} ({type(m).__name__}) has no dynamic class")
+            continue
+        if spec.frozen_reason:
+            reasons.append(f"{b.module}: {spec.frozen_reason}")
+        sortable = sortable and spec.sortable
+        if spec.multiple_of > 1:
+            multiples.add(spec.multiple_of)
+        rule = rule_of[b.module]
+        if rule is None:
+            reasons.append(f"{b.module} is frozen by the rules")
+            continue
+        ratio_key, divisor_key = dyn._dyn_rule_keys
+        ratios = _ratios(rule, ratio_key, b.module)
+        if ratios is None:
+            continue
+        divisor = max(1, _positive_int(rule, divisor_key, b.module, 1))
+        # Optional rule key (FastNAS): a narrow group keeps at least this many multiples of the
+        # divisor, which is halved until it does (divisor 32 would leave a 32-wide layer one width).
+        min_steps = _positive_int(rule, "min_width_steps", b.module, 0)
+        while divisor > 1 and size < min_steps * divisor:
+            divisor //= 2
+        candidates = {make_divisible(r * size, divisor, size) for r in ratios} | {size}
+        allowed = candidates if allowed is None else allowed & candidates
+    if allowed is None and not reasons:
+        reasons.append("no member's rule gives ratios")
+    choices = {size} if reasons or allowed is None else allowed
+    for mult in sorted(multiples):
+        if size % mult:
+            reasons.append(f"width {size} is not a multiple of {mult}")
+        choices = {c for c in choices if c % mult == 0}
+    choices.add(size)
+    if len(choices) == 1 and not reasons:
+        reasons.append("the rules leave a single width")
+    return Hparam(choices, size, sortable=sortable), "; ".join(reasons)
+
+
+def build(model: nn.Module, structure: SpaceStructure, rules: RulesFn) -> Built:
+    """Validate everything, then create hparams and convert modules in place."""
+    modules = dict(model.named_modules())
+    order = {name: i for i, name in enumerate(modules)}
+    _validate(model, structure, modules)
+
+    ruled = sorted({b.module for b in structure.bindings} | {d.module for d in structure.depth}, key=lambda n: order[n])
+    rule_of: dict[str, Any] = {}
+    for name in ruled:
+        rule = rules(name, modules[name])
+        if rule is not None and not isinstance(rule, Mapping):
+            raise ConfigError(f"rules({name!r}) must return a dict or None, got {type(rule).__name__}")
+        rule_of[name] = rule
+
+    groups = {g.id: g for g in structure.groups}
+    by_group: dict[int, list[tuple[Binding, int, int]]] = {gid: [] for gid in groups}
+    for b in structure.bindings:
+        offset = 0
+        for i, s in enumerate(b.segments):
+            by_group[s.group].append((b, i, offset))
+            offset += groups[s.group].size * s.repeat
+
+    named: list[tuple[tuple, str, Hparam, str]] = []  # (sort key, name, hparam, frozen reason)
+    group_hp: dict[int, Hparam] = {}
+    members: dict[int, list[Member]] = {}
+    for gid, g in groups.items():
+        entries = by_group[gid]
+        hp, reason = _group_hparam(
+            gid,
+            g.size,
+            "" if g.searchable else (g.reason or "frozen by the analysis"),
+            [(b, modules[b.module]) for b, _, _ in entries],
+            rule_of,
+        )
+        group_hp[gid] = hp
+        members[gid] = [Member(b.module, b.role, off, b.segments[i].repeat, g.size) for b, i, off in entries]
+        if not entries:
+            named.append(((len(order), 1, gid), f"group{gid}", hp, reason or "not bound to any module"))
+            continue
+        b, i, _ = min(entries, key=lambda e: (_ROLE_PRIORITY[e[0].role], order[e[0].module], e[1]))
+        dyn = _dynamic_class(modules[b.module])
+        attr = dyn._dyn_role_attrs.get(b.role, b.role) if dyn is not None else b.role
+        name = _qualified(b.module, attr) + (f".{i}" if len(b.segments) > 1 else "")
+        named.append(((order[b.module], 1, _ROLE_PRIORITY[b.role], i), name, hp, reason))
+
+    kernel_hp: dict[str, Hparam] = {}
+    for mname in ruled:
+        m, rule = modules[mname], rule_of[mname]
+        if not isinstance(m, nn.modules.conv._ConvNd) or rule is None or _dynamic_class(m) is None:
+            continue
+        wanted = rule.get("kernel_size")
+        if not wanted:
+            continue
+        kernels, why = kernel_size_choices(m, list(wanted))
+        if why:
+            _log.info("kernel-size search of %s: %s", mname, why)
+        if len(kernels) > 1:
+            kernel_hp[mname] = Hparam(kernels, m.kernel_size[0])
+            named.append(((order[mname], 2), _qualified(mname, "kernel_size"), kernel_hp[mname], ""))
+
+    depth_hp: dict[str, Hparam] = {}
+    for d in structure.depth:
+        seq, rule = cast(nn.Sequential, modules[d.module]), rule_of[d.module]
+        n = len(seq)
+        reason = "frozen by the rules" if rule is None else ""
+        choices = {n}
+        if rule is not None:
+            min_depth = _positive_int(rule, "min_depth", d.module, 0)
+            skippable = set(d.skippable)
+            choices |= {k for k in range(min_depth, n) if all(i in skippable for i in range(k, n))}
+            if len(choices) == 1:
+                reason = "no trailing run of skippable children above min_depth"
+        depth_hp[d.module] = Hparam(choices, n)
+        named.append(((order[d.module], 0), _qualified(d.module, "depth"), depth_hp[d.module], reason))
+
+    named.sort(key=lambda e: e[0])
+    hparams: dict[str, Hparam] = {}
+    frozen: dict[str, str] = {}
+    for _, name, hp, reason in named:
+        while name in hparams:  # only possible for odd hand-made structures
+            name += "_"
+        hp.name = name
+        hparams[name] = hp
+        if not hp.is_configurable:
+            frozen[name] = reason or "single choice"
+
+    built = Built(hparams, group_hp, members, depth_hp, frozen)
+    _convert(modules, structure, built, kernel_hp)
+    return built
+
+
+def _convert(
+    modules: dict[str, nn.Module], structure: SpaceStructure, built: Built, kernel_hp: dict[str, Hparam]
+) -> None:
+    bindings: dict[str, list[Binding]] = {}
+    for b in structure.bindings:
+        bindings.setdefault(b.module, []).append(b)
+    for name, m in modules.items():
+        own = bindings.get(name, [])
+        kernel = kernel_hp.get(name)
+        needed = kernel is not None or any(
+            built.group_hparams[s.group].is_configurable for b in own for s in b.segments
+        )
+        if needed:
+            dyn = _dynamic_class(m)
+            assert dyn is not None  # groups touching modules without one are frozen
+            dims = {b.role: DimBinding([(built.group_hparams[s.group], s.repeat) for s in b.segments]) for b in own}
+            extra = {"kernel": kernel} if kernel is not None else {}
+            built.dynamic[name] = cast(DynamicModule, dyn.convert(m, dims, **extra))
+        depth = built.depth_hparams.get(name)
+        if depth is not None and depth.is_configurable:
+            built.dynamic[name] = cast(DynamicModule, DynamicSequential.convert(m, {}, depth=depth))

@@ -1,0 +1,25 @@
+"""Export: turn every dynamic module of a model into a plain module of its original class."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from .dynamic import DynamicModule
+
+__all__ = ["export_model"]
+
+
+def export_model(model: nn.Module) -> nn.Module:
+    """Export ``model`` in place at its active subnet and return it.
+
+    Each dynamic module gets its original class back, parameters and buffers become clones of their
+    active slices (untouched ones are kept as they are), subnet attributes become plain ints and tuples,
+    and sequentials lose their dropped children (visited top-down, so dropped blocks are never exported).
+    """
+    stack = [model]
+    while stack:
+        module = stack.pop()
+        if isinstance(module, DynamicModule):
+            module._dyn_export()
+        stack.extend(reversed(list(module.children())))
+    return model

@@ -1,0 +1,97 @@
+"""Importance sorting: physically reorder channels so every subnet keeps the most important ones.
+
+The default importance of a channel group is the L1 norm of each channel's slice of every producing
+weight (each producer normalised by its largest channel, then summed). Groups without producers fall
+back to their norm layers' affine weights, then to their consumers' input slices. Reordering permutes
+every tensor bound to the group (producer outputs, biases, norm parameters and running stats,
+consumer inputs, concat segments, flatten repeat blocks) by the same permutation, so the model
+computes the same function; the active channels of any subnet are then the first ``k`` (contiguous
+slices, no gathers). Sorting is idempotent: channels already in order are left alone.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+
+from .errors import SubnetConfigError
+
+if TYPE_CHECKING:
+    from .space import SearchSpace
+
+__all__ = ["channel_importance", "sort_by_importance"]
+
+
+def _tensor(module: torch.nn.Module, name: str) -> torch.Tensor | None:
+    t = module._parameters.get(name)
+    return module._buffers.get(name) if t is None else t
+
+
+def channel_importance(space: SearchSpace, group_id: int) -> torch.Tensor | None:
+    """Per-channel importance of channel group ``group_id`` (float64), or None when nothing scores it."""
+    dynamic = space.dynamic_modules()
+    members = space.members(group_id)
+    for role in ("out", "features", "in"):
+        total = None
+        for mem in members:
+            module = dynamic.get(mem.module)
+            if mem.role != role or module is None:
+                continue
+            where = module.channel_weight(role)
+            if where is None:
+                continue
+            t = _tensor(module, where[0])
+            if t is None:
+                continue
+            dim = where[1] % t.ndim
+            seg = t.detach().narrow(dim, mem.offset, mem.size * mem.repeat).abs()
+            # float64 accumulation keeps a second sort from flipping near-ties (idempotence)
+            score = seg.movedim(dim, 0).reshape(mem.size, -1).sum(1, dtype=torch.float64)
+            score = score / (score.max() + 1e-12)
+            total = score if total is None else total + score.to(total.device)
+        if total is not None:
+            return total.cpu()
+    return None
+
+
+def _permute_group(space: SearchSpace, group_id: int, perm: torch.Tensor) -> None:
+    dynamic = space.dynamic_modules()
+    for mem in space.members(group_id):
+        module = dynamic[mem.module]
+        block = (perm[:, None] * mem.repeat + torch.arange(mem.repeat)).reshape(-1) + mem.offset
+        for name, dim in module.__dict__["_dyn_layout_map"][mem.role]:
+            t = _tensor(module, name)
+            if t is None:
+                continue
+            dim %= t.ndim
+            index = torch.arange(t.shape[dim])
+            index[mem.offset : mem.offset + block.numel()] = block
+            with torch.no_grad():
+                t.copy_(t.index_select(dim, index.to(t.device)))
+
+
+def sort_by_importance(space: SearchSpace, names: list[str] | None = None) -> dict[str, torch.Tensor]:
+    """Sort the channels of every configurable, sortable channel group (or only those in ``names``).
+
+    Returns ``{hparam name: importance in the new order}`` for the groups that were scored.
+    """
+    if names is not None:
+        known = {n for n, _ in space.named_hparams(None)}
+        unknown = sorted(set(names) - known)
+        if unknown:
+            raise SubnetConfigError(f"cannot sort unknown hparams {unknown}; known: {sorted(known)}")
+    wanted = None if names is None else set(names)
+    result: dict[str, torch.Tensor] = {}
+    for gid, hp in space._built.group_hparams.items():
+        if not hp.is_configurable or not hp.sortable or (wanted is not None and hp.name not in wanted):
+            continue
+        importance = channel_importance(space, gid)
+        if importance is None:
+            continue
+        perm = torch.argsort(importance, descending=True, stable=True)
+        if not torch.equal(perm, torch.arange(perm.numel())):
+            _permute_group(space, gid, perm)
+        hp.importance = importance[perm]
+        result[hp.name] = hp.importance
+    return result

@@ -1,0 +1,100 @@
+"""Importance sorting: function preserved, most important channels first, idempotent."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from modeopt_autonas.errors import SubnetConfigError
+from modeopt_autonas.space import SearchSpace
+
+from ._models import (
+    ConcatNet,
+    ConvChain,
+    DepthNet,
+    NormNet,
+    concat_structure,
+    conv_chain_structure,
+    depth_structure,
+    norm_structure,
+)
+from ._structures import make_rules
+
+RULES = make_rules(ratios=(0.25, 0.5, 0.75, 1.0))
+
+
+def _perturb_norms(model: torch.nn.Module) -> None:
+    """Give norm layers non-trivial affine params and stats so a wrong permutation shows."""
+    g = torch.Generator().manual_seed(5)
+    for m in model.modules():
+        for name in ("weight", "bias", "running_mean", "running_var"):
+            t = getattr(m, name, None)
+            if isinstance(t, torch.Tensor) and t.ndim == 1 and isinstance(m, torch.nn.modules.batchnorm._NormBase):
+                with torch.no_grad():
+                    t.copy_(torch.rand(t.shape, generator=g) + 0.5)
+
+
+CASES = {
+    "chain": (lambda: ConvChain(2, False, 1), lambda m: conv_chain_structure(m), (2, 4, 6, 6)),
+    "depthwise": (lambda: ConvChain(2, False, 8), lambda m: conv_chain_structure(m), (2, 4, 6, 6)),
+    "transposed": (lambda: ConvChain(1, True, 1), lambda m: conv_chain_structure(m), (2, 4, 6)),
+    "concat_flatten": (ConcatNet, lambda m: concat_structure(), (2, 3, 6, 6)),
+    "residual": (DepthNet, depth_structure, (2, 3, 6, 6)),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_sort_preserves_function_and_is_idempotent(case):
+    make, structure, shape = CASES[case]
+    torch.manual_seed(0)
+    model = make().eval()
+    _perturb_norms(model)
+    x = torch.randn(*shape)
+    with torch.no_grad():
+        before = model(x)
+    space = SearchSpace.build(model, structure(model), RULES)
+    result = space.sort_by_importance()
+    assert result, "nothing was sorted"
+    with torch.no_grad():
+        assert (model(x) - before).abs().max() <= 1e-5
+    for importance in result.values():
+        assert torch.all(importance[:-1] >= importance[1:])
+    state = copy.deepcopy(model.state_dict())
+    space.sort_by_importance()
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+
+
+def test_sorted_channels_are_the_most_important_first():
+    torch.manual_seed(1)
+    model = ConvChain(2, False, 1).eval()
+    space = SearchSpace.build(model, conv_chain_structure(model), RULES)
+    norms_before = model.c1._parameters["weight"].detach().abs().sum((1, 2, 3))
+    space.sort_by_importance()
+    norms_after = model.c1._parameters["weight"].detach().abs().sum((1, 2, 3))
+    assert torch.equal(norms_after, norms_before.sort(descending=True).values)
+    # the first k channels of the subnet are the k largest-L1 channels of the original
+    space.select({**space.config(), "c1.out_channels": 2})
+    assert torch.equal(model.c1.weight.abs().sum((1, 2, 3)), norms_before.sort(descending=True).values[:2])
+
+
+def test_unsortable_groups_keep_their_order():
+    torch.manual_seed(2)
+    model = NormNet("group").eval()
+    space = SearchSpace.build(model, norm_structure(), RULES)
+    w = model.c1._parameters["weight"].clone()
+    assert space.sort_by_importance() == {}
+    assert torch.equal(w, model.c1._parameters["weight"])
+
+
+def test_sort_selected_names_only():
+    torch.manual_seed(3)
+    model = ConvChain(2, False, 1).eval()
+    space = SearchSpace.build(model, conv_chain_structure(model), RULES)
+    w2 = model.c2._parameters["weight"].clone()
+    assert list(space.sort_by_importance(["c1.out_channels"])) == ["c1.out_channels"]
+    # c2's out dim is untouched (its in dim follows c1's permutation)
+    assert torch.allclose(w2.abs().sum((1, 2, 3)), model.c2._parameters["weight"].abs().sum((1, 2, 3)))
+    with pytest.raises(SubnetConfigError, match="unknown"):
+        space.sort_by_importance(["nope"])
