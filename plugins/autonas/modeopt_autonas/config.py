@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import nn
@@ -19,6 +19,7 @@ __all__ = [
     "ExportConfig",
     "FeatureRule",
     "NASRuleConfig",
+    "SupernetRuleConfig",
     "module_type_alias",
     "nas_rules",
 ]
@@ -104,6 +105,17 @@ def nas_rules(
     return rules
 
 
+class SupernetRuleConfig(NASRuleConfig):
+    """Base of ``AutoNASConfig``: the rules plus how the supernet is trained."""
+
+    sampling: Literal["random", "sandwich"] = Field(
+        default="random",
+        description="subnet drawn by each training forward: 'random' (uniform), or 'sandwich' (max, min, "
+        "random in rotation)",
+    )
+    seed: int = Field(default=0, description="seed of the training-time subnet sampler (reproducible runs)")
+
+
 AutoNASConfig = make_rule_config(
     "AutoNASConfig",
     nas_rules(
@@ -112,7 +124,7 @@ AutoNASConfig = make_rule_config(
         group_norm={"channels_ratio": (0.5, 0.67, 1.0), "channel_divisor": 8},
         depth={"min_depth": 0},
     ),
-    base=NASRuleConfig,
+    base=SupernetRuleConfig,
     doc="Config of the ``autonas`` mode: rules per module type (``None`` disables a type), glob overrides.",
     module=__name__,
 )

@@ -9,7 +9,8 @@ from torch import nn
 from modeopt_core import ConvertError, Metadata, ModeConfig, ModeDescriptor
 
 from .analysis import analyze
-from .config import AutoNASConfig, ExportConfig, NASRuleConfig, module_type_alias
+from .config import AutoNASConfig, ExportConfig, NASRuleConfig, SupernetRuleConfig, module_type_alias
+from .layers import LAYERS
 from .space import SearchSpace
 from .structure import SpaceStructure
 
@@ -48,11 +49,20 @@ def _class_name(model: nn.Module) -> str:
     return f"{type(model).__module__}.{type(model).__qualname__}"
 
 
+#: built-in rule alias whose rules a plugin layer without its own rule field follows, by rule keys
+_FALLBACK_ALIAS = {("channels_ratio", "channel_divisor"): "nn.Conv2d", ("features_ratio", "feature_divisor"): "nn.Linear"}
+
+
 def _rules_fn(config: NASRuleConfig) -> Any:
     aliases = set(config.rule_classes)
 
     def rules(name: str, module: nn.Module) -> dict[str, Any] | None:
         alias = module_type_alias(module)
+        if alias is not None and alias not in aliases:
+            # a layer registered by a plugin (modeopt_autonas_register_layers): the config has no
+            # field for it, so it follows the conv or linear rules (same rule keys), globs included
+            dynamic = LAYERS.dynamic_class(module)
+            alias = _FALLBACK_ALIAS.get(getattr(dynamic, "_dyn_rule_keys", ("", "")))
         if alias is None or alias not in aliases:
             return None
         return config.rule_for(alias, name)
@@ -79,7 +89,15 @@ class NASModeBase(ModeDescriptor):
         """Analyse ``model`` and convert it in place into a search space."""
         if has_search_space(model):
             raise ConvertError("the model already carries a search space; export it before converting again")
-        result = analyze(model, leaf_modules=config.leaf_modules, frozen_modules=config.frozen_modules)
+        # Trace in train mode: branches that only run in training (e.g. googlenet's aux heads) must be
+        # bound too, or shrinking their producers would break training later. Flags are put back.
+        flags = [(m, m.training) for m in model.modules()]
+        try:
+            model.train(True)
+            result = analyze(model, leaf_modules=config.leaf_modules, frozen_modules=config.frozen_modules)
+        finally:
+            for m, flag in flags:
+                m.training = flag
         space = SearchSpace.build(model, result.structure, _rules_fn(config))
         if not any(True for _ in space.named_hparams(True)):
             # apply_mode rolls the model back to its unconverted classes and attributes.
@@ -148,7 +166,19 @@ class AutoNASMode(NASModeBase):
     def on_space_ready(self, model: nn.Module, space: SearchSpace, config: NASRuleConfig) -> None:
         from .training import install_supernet_sampling
 
-        install_supernet_sampling(model, space)
+        assert isinstance(config, SupernetRuleConfig)
+        install_supernet_sampling(model, space, schedule=config.sampling, seed=config.seed)
+
+    def update_for_save(self, model: nn.Module, config: ModeConfig, metadata: Metadata) -> None:
+        # record the user's selection, not a subnet auto-sampled by the last training forward
+        from .training import supernet_sampler
+
+        sampler = supernet_sampler(model)
+        if sampler is not None:
+            sampler.settle()
+        super().update_for_save(model, config, metadata)
+
+    update_for_new_mode = update_for_save
 
 
 class ExportNASMode(ModeDescriptor):
@@ -168,8 +198,8 @@ class ExportNASMode(ModeDescriptor):
 
     def convert(self, model: nn.Module, config: ModeConfig, **mode_kwargs: Any) -> tuple[nn.Module, Metadata]:
         space = get_search_space(model)
+        _uninstall_training_hooks(model)  # first: it puts the user's selection back
         subnet = space.config()
-        _uninstall_training_hooks(model)
         space.export()
         _set_space(model, None)
         return model, {"subnet": subnet}

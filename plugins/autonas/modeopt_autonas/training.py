@@ -1,0 +1,200 @@
+"""Supernet training semantics: a new subnet per training forward, a fixed subnet in eval.
+
+A forward pre-hook on the converted model (no patched ``train``/``forward``) does the work, so an
+ordinary training loop trains the supernet unchanged:
+
+* root module in ``train()`` mode: every forward first activates a new subnet, drawn by a seeded
+  generator according to the schedule (``"random"``: uniformly random; ``"sandwich"``: max, min, random
+  in rotation, one per forward);
+* root module in ``eval()`` mode: the subnet the user selected (``select``/``sample``; max after
+  ``convert``) is active. If the previous forward auto-sampled, the user's selection is put back first.
+
+The hook also tracks which subnet the batch-norm running statistics belong to. Training forwards on
+random subnets mix them; ``modeopt_autonas.recalibrate_bn`` re-estimates them for the selected
+subnet. An eval forward with statistics of another subnet warns once (:class:`StaleBatchNormWarning`)
+instead of evaluating silently with wrong statistics.
+"""
+
+from __future__ import annotations
+
+import random
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from typing import Any
+
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from modeopt_core import ConfigError
+
+from .errors import SpaceExportedError
+from .space import SearchSpace
+
+__all__ = [
+    "SAMPLING_SCHEDULES",
+    "StaleBatchNormWarning",
+    "install_supernet_sampling",
+    "pause_sampling",
+    "supernet_sampler",
+    "uninstall_supernet_sampling",
+]
+
+SAMPLING_SCHEDULES = ("random", "sandwich")
+_SANDWICH = ("max", "min", "random")
+_ATTR = "_modeopt_supernet_sampler"
+
+
+class StaleBatchNormWarning(UserWarning):
+    """An eval forward runs a subnet whose batch-norm statistics were estimated for other subnets."""
+
+
+def _has_tracked_batchnorm(model: nn.Module) -> bool:
+    return any(isinstance(m, _BatchNorm) and m.track_running_stats for m in model.modules())
+
+
+class _SupernetSampler:
+    """Per-model sampling state (kept in the model's ``__dict__``, so ``deepcopy`` copies it along)."""
+
+    def __init__(self, space: SearchSpace, schedule: str, seed: int) -> None:
+        self.space = space
+        self.schedule = schedule
+        self.seed = seed
+        self.rng = random.Random(seed)
+        self.steps = 0  # training forwards that sampled a subnet
+        self.selection: dict[str, int] = space.config()  # the user's selection
+        self.sampled: dict[str, int] | None = None  # set while an auto-sampled subnet is active
+        self.has_bn = _has_tracked_batchnorm(space.model)
+        # the subnet the batch-norm statistics belong to (None: a mix of subnets)
+        self.calibrated_for: dict[str, int] | None = space.config()
+        self.warned_for: dict[str, int] | None = None
+        self.sampling_paused = 0  # > 0: training forwards keep the selected subnet
+        self.bypass = 0  # > 0: the hook does nothing (the caller manages subnets and statistics)
+
+    # ---- user-facing state changes ----------------------------------------------------------------
+    def settle(self) -> dict[str, int]:
+        """Put the user's selection back if a training forward auto-sampled; return the selection."""
+        if self.sampled is not None:
+            current = self.space.config()
+            if current == self.sampled:
+                self.space.select(self.selection)
+            else:  # changed by hand (e.g. SearchSpace.select) after the last sampled forward: keep it
+                self.selection = current
+            self.sampled = None
+        else:
+            self.selection = self.space.config()
+        return dict(self.selection)
+
+    def note_selection(self) -> None:
+        """The user selected the active subnet (through ``select``/``sample``)."""
+        self.sampled = None
+        self.selection = self.space.config()
+
+    def note_calibrated(self) -> None:
+        """The batch-norm statistics were just re-estimated for the active subnet."""
+        self.calibrated_for = self.space.config()
+
+    # ---- forward hook -----------------------------------------------------------------------------
+    def _draw(self) -> dict[str, int]:
+        mode = _SANDWICH[self.steps % 3] if self.schedule == "sandwich" else "random"
+        return self.space.sample(mode, rng=self.rng)
+
+    def before_forward(self, training: bool) -> None:
+        if self.bypass:
+            return
+        if training and not self.sampling_paused:
+            if self.sampled is None or self.space.config() != self.sampled:
+                self.selection = self.space.config()
+            self.sampled = self._draw()
+            self.steps += 1
+            if self.has_bn:
+                self.calibrated_for = None
+                self.warned_for = None  # the statistics changed: warn again at the next eval
+            return
+        self.settle()
+        if not self.has_bn:
+            return
+        current = self.space.config()
+        if training:  # fine-tuning the selected subnet: its statistics follow it
+            self.calibrated_for = current
+        elif self.calibrated_for != current and self.warned_for != current:
+            self.warned_for = current
+            why = (
+                "a mix of the subnets sampled during supernet training"
+                if self.calibrated_for is None
+                else "another subnet"
+            )
+            warnings.warn(
+                f"evaluating a subnet whose batch-norm running statistics belong to {why}; its outputs "
+                "are inaccurate until modeopt_autonas.recalibrate_bn(model, data_loader) re-estimates them",
+                StaleBatchNormWarning,
+                stacklevel=5,
+            )
+
+
+def _pre_forward(module: nn.Module, args: Any) -> None:
+    sampler = module.__dict__.get(_ATTR)
+    if sampler is not None:
+        sampler.before_forward(module.training)
+
+
+def supernet_sampler(model: nn.Module) -> _SupernetSampler | None:
+    """The sampling state installed on ``model`` (None when there is none)."""
+    return model.__dict__.get(_ATTR)
+
+
+def install_supernet_sampling(model: nn.Module, space: SearchSpace, schedule: str = "random", seed: int = 0) -> None:
+    """Make ``model`` sample a subnet per training forward (see the module doc); replaces an earlier install.
+
+    Args:
+        schedule: ``"random"`` or ``"sandwich"`` (max, min, random in rotation).
+        seed: seed of the sampling generator (same seed and forwards -> same subnets).
+    """
+    if schedule not in SAMPLING_SCHEDULES:
+        raise ConfigError(f"unknown sampling schedule {schedule!r}; use one of {list(SAMPLING_SCHEDULES)}")
+    if space.model is not model:
+        raise ConfigError("install_supernet_sampling needs the search space of this very model")
+    uninstall_supernet_sampling(model)
+    model.__dict__[_ATTR] = _SupernetSampler(space, schedule, seed)
+    # A module-level function (not a closure): deepcopy and checkpoint shadows keep a working hook.
+    model.register_forward_pre_hook(_pre_forward)
+
+
+def uninstall_supernet_sampling(model: nn.Module) -> None:
+    """Remove the sampling hook; the user's selection (not an auto-sampled subnet) stays active."""
+    sampler = model.__dict__.pop(_ATTR, None)
+    if sampler is not None:
+        with suppress(SpaceExportedError):  # exported already: nothing left to settle
+            sampler.settle()
+    for key in [k for k, hook in model._forward_pre_hooks.items() if hook is _pre_forward]:
+        del model._forward_pre_hooks[key]
+
+
+@contextmanager
+def pause_sampling(model: nn.Module) -> Iterator[None]:
+    """Inside the block, training forwards train the selected subnet (e.g. to fine-tune it before export)."""
+    sampler = supernet_sampler(model)
+    if sampler is None:
+        yield
+        return
+    sampler.settle()
+    sampler.sampling_paused += 1
+    try:
+        yield
+    finally:
+        sampler.sampling_paused -= 1
+
+
+@contextmanager
+def _bypass(model: nn.Module) -> Iterator[_SupernetSampler | None]:
+    """Inside the block the hook does nothing: the caller manages subnets and statistics (searchers)."""
+    sampler = supernet_sampler(model)
+    if sampler is None:
+        yield None
+        return
+    sampler.settle()
+    sampler.bypass += 1
+    try:
+        yield sampler
+    finally:
+        sampler.bypass -= 1
