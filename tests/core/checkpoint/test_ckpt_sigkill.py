@@ -14,6 +14,7 @@ from modeopt_core.checkpoint import inspect_checkpoint, restore
 from tests.core.checkpoint.ckpt_sigkill_child import build, save_forever
 
 ROUNDS = 12
+MAX_ROUNDS = 40  # a loaded machine makes kills land less precisely: keep going until enough did
 
 
 @pytest.fixture(scope="module")
@@ -57,8 +58,8 @@ def _run_and_kill(ctx: Any, path: Path, first: int, rng: random.Random, *, durin
 def test_sigkill_during_save_leaves_a_loadable_file(tmp_path: Path, ctx: Any) -> None:
     rng = random.Random(1234)
     path = tmp_path / "ckpt.safetensors"
-    first, mid_save, mid_write = 0, 0, 0
-    for round_ in range(ROUNDS):
+    first, mid_save, mid_write, round_ = 0, 0, 0, 0
+    while round_ < ROUNDS or (round_ < MAX_ROUNDS and (mid_write < 2 or mid_save < ROUNDS // 2)):
         last_start, last_done, in_write = _run_and_kill(ctx, path, first, rng, during_write=round_ % 2 == 1)
         mid_save += last_start > last_done
         mid_write += in_write
@@ -70,6 +71,7 @@ def test_sigkill_during_save_leaves_a_loadable_file(tmp_path: Path, ctx: Any) ->
         # The kill may land after the rename but before ``done`` was updated.
         assert values <= {float(last_done), float(last_start)}
         first = last_start + 1
-    assert mid_save >= ROUNDS // 2, f"only {mid_save} of {ROUNDS} kills landed inside save()"
+        round_ += 1
+    assert mid_save >= ROUNDS // 2, f"only {mid_save} of {round_} kills landed inside save()"
     assert mid_write >= 2, f"only {mid_write} kills landed while the file was being written"
     assert not any(p.suffix == ".safetensors" and p != path for p in tmp_path.iterdir())
