@@ -22,3 +22,13 @@ def modeopt_autonas_register_layers(
     layer's forward on the active channels and exports it (see ``docs/autonas.md``). Called once when
     the AutoNAS plugin loads and again whenever a plugin registers later.
     """
+
+
+@hookspec
+def modeopt_autonas_next_modes() -> list[str]:
+    """Names of modes that may directly follow a NAS mode (``autonas``, ``fastnas``).
+
+    By default only ``export_nas`` and a few well-known modes (``kd_loss``, ``quantize``,
+    ``sparse_magnitude``, ``sparse_gpt``) may follow; a third-party plugin whose mode works on a
+    search-space model (distillation, quantization, ...) returns its mode names here.
+    """

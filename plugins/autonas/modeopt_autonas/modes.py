@@ -6,7 +6,7 @@ from typing import Any
 
 from torch import nn
 
-from modeopt_core import ConvertError, Metadata, ModeConfig, ModeDescriptor
+from modeopt_core import ConvertError, Metadata, ModeConfig, ModeDescriptor, get_plugin_manager
 
 from .analysis import analyze
 from .config import AutoNASConfig, ExportConfig, NASRuleConfig, SupernetRuleConfig, module_type_alias
@@ -79,7 +79,9 @@ class NASModeBase(ModeDescriptor):
 
     @property
     def next_modes(self) -> set[str] | None:
-        return set(DEFAULT_NEXT_MODES)
+        # Open to third-party modes: plugins list theirs through ``modeopt_autonas_next_modes``.
+        extra = get_plugin_manager().hook.modeopt_autonas_next_modes()
+        return set(DEFAULT_NEXT_MODES).union(*map(set, extra))
 
     @property
     def export_mode(self) -> str | None:

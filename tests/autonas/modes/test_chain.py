@@ -122,3 +122,41 @@ def test_restore_onto_another_model_class_is_refused(tmp_path: Path) -> None:
     with pytest.raises(mo.ModeoptError):
         restore(other, tmp_path / "s.safetensors")
     assert mo.applied_modes(other) == [] and type(other[0]) is nn.Conv2d
+
+
+class _DistillMode(mo.ModeDescriptor):
+    """A stand-in third-party mode that works on a search-space model."""
+
+    name = "toy_distill"  # type: ignore[assignment]
+    config_class = mo.ModeConfig  # type: ignore[assignment]
+
+    def convert(self, model: nn.Module, config: mo.ModeConfig, **kw: object) -> tuple[nn.Module, dict]:
+        return model, {}
+
+    def restore(self, model: nn.Module, config: mo.ModeConfig, metadata: dict) -> nn.Module:
+        return model
+
+
+class _DistillPlugin:
+    @mo.hookimpl
+    def modeopt_register_modes(self, register: object) -> None:
+        register(_DistillMode())  # type: ignore[operator]
+
+    @mo.hookimpl
+    def modeopt_autonas_next_modes(self) -> list[str]:
+        return ["toy_distill"]
+
+
+def test_third_party_mode_may_follow_autonas_once_its_plugin_opens_the_chain() -> None:
+    model = supernet()
+    with pytest.raises(mo.ModeNotFoundError):
+        mo.apply_mode(model, "toy_distill")
+    mo.register_plugin(_DistillPlugin(), name="toy-distill")
+    try:
+        assert "toy_distill" in mo.get_mode("autonas").next_modes  # type: ignore[operator]
+        model = mo.apply_mode(model, "toy_distill")
+        model = mo.export(model)  # the un-exported autonas still waits for export_nas
+        assert mo.applied_modes(model) == ["autonas", "toy_distill", "export_nas"]
+    finally:
+        mo.unregister_plugin("toy-distill")
+    assert "toy_distill" not in mo.get_mode("autonas").next_modes  # type: ignore[operator]
