@@ -1,0 +1,28 @@
+"""FastNAS for modeopt: prune a model's channels to a FLOPs/params budget.
+
+``prune(model, {"flops": "50%"}, dummy_input, {"score_func": ...})`` converts the model with the
+``fastnas`` mode, measures how much the score drops when each layer is narrowed (a sensitivity map),
+and bisects over a drop threshold until the analytic FLOPs/params meet the budget. See
+``docs/fastnas.md``.
+"""
+
+from __future__ import annotations
+
+from .api import prune
+from .config import DEFAULT_RATIOS, FastNASChannelRule, FastNASConfig, FastNASFeatureRule
+from .mode import FastNASMode
+from .scores import OutputAgreement, random_inputs
+from .searcher import BN_CALIBRATION_MODES, BinarySearcher
+
+__all__ = [
+    "BN_CALIBRATION_MODES",
+    "DEFAULT_RATIOS",
+    "BinarySearcher",
+    "FastNASChannelRule",
+    "FastNASConfig",
+    "FastNASFeatureRule",
+    "FastNASMode",
+    "OutputAgreement",
+    "prune",
+    "random_inputs",
+]

@@ -1,0 +1,163 @@
+"""The ``modeopt prune`` and ``modeopt demo`` commands (contributed through ``modeopt_register_commands``)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from modeopt_core import ConfigError, export
+from modeopt_core.checkpoint import save
+
+__all__ = ["DEMO_HELP", "PRUNE_HELP", "configure_demo", "configure_prune", "run_demo", "run_prune"]
+
+_log = logging.getLogger(__name__)
+
+PRUNE_HELP = "prune any model factory's channels to a FLOPs/params budget with FastNAS and save it"
+DEMO_HELP = "train a small CNN on scikit-learn's digits, prune it to 50% FLOPs, fine-tune, compare (~1-3 min)"
+
+
+def _limit(text: str) -> str | float:
+    """A budget as given on the command line: ``60%`` stays a percentage, ``2.5e6`` becomes a number."""
+    text = text.strip()
+    if text.endswith("%"):
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a percentage like 60% or a number like 2.5e6, got {text!r}") from None
+
+
+def _shape(text: str) -> tuple[int, ...]:
+    try:
+        shape = tuple(int(p) for p in text.replace("x", ",").split(","))
+    except ValueError:
+        shape = ()
+    if not shape or any(s < 1 for s in shape):
+        raise argparse.ArgumentTypeError(f"expected a comma-separated shape like 1,3,224,224, got {text!r}")
+    return shape
+
+
+def _load_object(spec: str, what: str) -> Any:
+    """``package.module:attr.path`` -> the object."""
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise ConfigError(f"{what} {spec!r} must look like MODULE:NAME (e.g. torchvision.models:resnet18)")
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError(f"{what} {spec!r}: cannot import {module_name!r} ({exc})") from exc
+    for part in attr.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise ConfigError(f"{what} {spec!r}: {module_name!r} has no attribute {attr!r}") from None
+    if not callable(obj):
+        raise ConfigError(f"{what} {spec!r} is not callable")
+    return obj
+
+
+def configure_prune(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``modeopt prune``."""
+    parser.add_argument("--model", required=True, metavar="MODULE:FACTORY",
+                        help="a function building the model, called without arguments (e.g. torchvision.models:resnet18)")
+    parser.add_argument("--input-shape", required=True, type=_shape, metavar="N,C,H,W",
+                        help="shape of the dummy input the FLOPs are counted on (e.g. 1,3,224,224)")
+    parser.add_argument("--flops", type=_limit, help="FLOPs budget: a percentage of the original (60%%) or a count")
+    parser.add_argument("--params", type=_limit, help="parameter budget: a percentage (50%%) or a count")
+    parser.add_argument("--out", required=True, type=Path, metavar="FILE",
+                        help="where to save the pruned, exported model (modeopt safetensors checkpoint)")
+    parser.add_argument("--score", metavar="MODULE:FUNCTION",
+                        help="score function model -> float, higher is better (default: agreement with the "
+                             "unpruned model's outputs on fixed random inputs, no data needed)")
+    parser.add_argument("--score-batch-size", type=int, default=8, metavar="N",
+                        help="samples per random batch of the default score (default 8)")
+    parser.add_argument("--checkpoint", type=Path, metavar="FILE",
+                        help="resumable search checkpoint: an interrupted run continues from it")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the dummy and score inputs (default 0)")
+
+
+def run_prune(args: argparse.Namespace) -> int:
+    """Build the model, prune it, export it, save it, print what changed."""
+    from .api import prune
+    from .scores import OutputAgreement, random_inputs
+
+    if args.flops is None and args.params is None:
+        raise ConfigError("give a budget: --flops (e.g. 60%) and/or --params")
+    if args.score_batch_size < 1:
+        raise ConfigError(f"--score-batch-size must be >= 1, got {args.score_batch_size}")
+    factory = _load_object(args.model, "--model")
+    model = factory()
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"--model {args.model!r} returned a {type(model).__name__}, not a torch.nn.Module")
+    torch.manual_seed(args.seed)
+    dummy = torch.randn(*args.input_shape)
+    if args.score:
+        score: Callable[[nn.Module], float] = _load_object(args.score, "--score")
+        score_name = args.score
+    else:
+        shape = (args.score_batch_size, *args.input_shape[1:])
+        score = OutputAgreement(model, random_inputs(shape, num_batches=1, seed=args.seed))
+        score_name = "output agreement"
+    constraints = {k: v for k, v in (("flops", args.flops), ("params", args.params)) if v is not None}
+    config: dict[str, Any] = {"score_func": score, "verbose": not getattr(args, "quiet", False)}
+    if args.checkpoint is not None:
+        config["checkpoint"] = str(args.checkpoint)
+    start = time.perf_counter()
+    model, results = prune(model, constraints, dummy, config)
+    elapsed = time.perf_counter() - start
+    model = export(model)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    save(model, args.out)
+    f, p = results["flops"], results["params"]
+    out = sys.stdout
+    out.write(f"pruned {args.model} to {constraints} in {elapsed:.1f} s "
+              f"({results['num_score_evals']} score evaluations, {score_name})\n")
+    out.write(f"  FLOPs   {f['before']:>14,} -> {f['after']:>14,}  ({100 * results['flops_ratio']:.1f}%)\n")
+    out.write(f"  params  {p['before']:>14,} -> {p['after']:>14,}  ({100 * results['params_ratio']:.1f}%)\n")
+    out.write(f"  score   {results['original_score']:>14.4g} -> predicted >= {results['predicted_score']:.4g} "
+              "(worst single-layer drop; layers interact, so measure the real score)\n")
+    out.write(f"saved {args.out} ({args.out.stat().st_size:,} bytes); load it with "
+              f"modeopt_core.checkpoint.restore(<fresh {args.model.split(':')[-1]}()>, {str(args.out)!r})\n")
+    if not results["bn_recalibrated"]:
+        out.write("note: BatchNorm statistics were not re-estimated (no data); fine-tune or recalibrate before use\n")
+    return 0
+
+
+def configure_demo(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``modeopt demo``."""
+    parser.add_argument("--flops", type=_limit, default=None, help="FLOPs budget (default 50%% unless --params is given)")
+    parser.add_argument("--params", type=_limit, default=None, help="parameter budget, e.g. 40%%")
+    parser.add_argument("--out", type=Path, default=Path("modeopt-demo"),
+                        help="output folder: cached baseline, checkpoints, plots, summary.json (default ./modeopt-demo)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of model init and training (default 0)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch CPU threads (default 1: the 8x8 digits convolutions gain little from more, and an "
+                             "oversubscribed CPU loses a lot)")
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    """Run the demo and print the before/after table."""
+    from .demo import format_table
+    from .demo import run_demo as _run
+
+    if args.threads < 1:
+        raise ConfigError(f"--threads must be >= 1, got {args.threads}")
+    flops = args.flops if args.flops is not None or args.params is not None else "50%"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(args.threads)
+    try:
+        result = _run(args.out, flops=flops, params=args.params, seed=args.seed,
+                      verbose=not getattr(args, "quiet", False))
+    finally:
+        torch.set_num_threads(threads)
+    sys.stdout.write(format_table(result) + "\n")
+    return 0

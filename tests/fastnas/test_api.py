@@ -1,0 +1,64 @@
+"""``prune`` convenience and the data-free ``OutputAgreement`` score."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import modeopt_core as mo
+from modeopt_autonas.modes import get_search_space, has_search_space
+from modeopt_fastnas import OutputAgreement, prune, random_inputs
+from tests.fastnas._models import INPUT_SHAPE, WidthScore, tiny_cnn
+
+DUMMY = torch.zeros(INPUT_SHAPE)
+
+
+def _score() -> WidthScore:
+    return WidthScore({"conv2.out_channels": lambda w: (32 - w) / 4})
+
+
+def test_prune_converts_searches_and_returns_the_model_at_the_chosen_subnet() -> None:
+    model, res = prune(tiny_cnn(), {"flops": "50%"}, DUMMY, {"score_func": _score(), "verbose": False})
+    assert mo.applied_modes(model) == ["fastnas"] and has_search_space(model)
+    assert get_search_space(model).config() == res["subnet"]
+    for key in ("sensitivity_map", "subnet", "flops", "params", "num_score_evals", "timings", "thresholds_visited",
+                "original_score", "threshold"):
+        assert key in res
+    assert res["flops"]["after"] <= 0.5 * res["flops"]["before"]
+
+
+def test_prune_reuses_an_existing_fastnas_conversion_and_takes_a_mode_config() -> None:
+    model = mo.apply_mode(tiny_cnn(), ["fastnas"])
+    model, _ = prune(model, {"flops": "60%"}, DUMMY, {"score_func": _score(), "verbose": False})
+    assert mo.applied_modes(model) == ["fastnas"]
+    model, _res = prune(tiny_cnn(), {"flops": "60%"}, DUMMY, {"score_func": _score(), "verbose": False},
+                       mode_config={"nn.Conv2d": {"channels_ratio": [0.5, 1.0]}})
+    assert get_search_space(model).get_hparam("conv2.out_channels").choices == (16, 32)
+
+
+def test_prune_validates_before_converting() -> None:
+    model = tiny_cnn()
+    with pytest.raises(mo.ConfigError, match="unknown search config key"):
+        prune(model, {"flops": "50%"}, DUMMY, {"score_func": _score(), "num_iter": 3})
+    with pytest.raises(mo.ConstraintError, match="latency"):
+        prune(model, {"latency": 3}, DUMMY, {"score_func": _score()})
+    assert mo.applied_modes(model) == [] and not has_search_space(model)
+
+
+def test_output_agreement_is_one_for_the_same_function_and_drops_when_it_changes() -> None:
+    model = tiny_cnn()
+    model.train()
+    score = OutputAgreement(model, random_inputs((8, *INPUT_SHAPE[1:]), num_batches=2))
+    assert model.training  # flags restored
+    assert score(model) == pytest.approx(1.0, abs=1e-6)
+    converted = mo.apply_mode(model, ["fastnas"])
+    assert score(converted) == pytest.approx(1.0, abs=1e-6)
+    get_search_space(converted).select({"conv1.out_channels": 2, "conv2.out_channels": 4, "conv3.out_channels": 8})
+    assert score(converted) < 0.9
+    with pytest.raises(mo.ConfigError, match="at least one input batch"):
+        OutputAgreement(model, [])
+
+
+def test_random_inputs_are_reproducible() -> None:
+    a, b = random_inputs((2, 3), num_batches=2, seed=4), random_inputs((2, 3), num_batches=2, seed=4)
+    assert all(torch.equal(x, y) for x, y in zip(a, b)) and not torch.equal(a[0], a[1])

@@ -1,0 +1,97 @@
+"""The ``modeopt prune`` and ``modeopt demo`` commands the FastNAS plugin contributes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+import modeopt_core as mo
+from modeopt_core.checkpoint import restore
+from modeopt_core.cli import main, plugin_commands
+from tests.fastnas._models import INPUT_SHAPE, tiny_cnn
+
+
+def _flops(model: torch.nn.Module) -> int:
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        model.eval()(torch.zeros(INPUT_SHAPE))
+    return int(counter.get_total_flops())
+
+
+def test_the_plugin_contributes_prune_and_demo() -> None:
+    commands, problems = plugin_commands({"plugins", "inspect"})
+    by_name = {c.name: c for c in commands}
+    assert {"prune", "demo"} <= set(by_name) and by_name["prune"].plugin == "fastnas"
+    assert not [p for p in problems if "fastnas" in p]
+
+
+def test_prune_a_factory_data_free_and_restore_the_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "pruned.safetensors"
+    status = main(["-q", "prune", "--model", "tests.fastnas._models:tiny_cnn", "--input-shape", "1,3,8,8",
+                   "--flops", "50%", "--out", str(out)])
+    text = capsys.readouterr().out
+    assert status == 0, text
+    assert "pruned tests.fastnas._models:tiny_cnn to {'flops': '50%'}" in text and "output agreement" in text
+    assert "note: BatchNorm statistics were not re-estimated" in text
+    model = restore(tiny_cnn(), out)
+    assert mo.applied_modes(model) == ["fastnas", "export_nas"]
+    assert type(model.conv1) is torch.nn.Conv2d
+    assert _flops(model) <= 0.5 * _flops(tiny_cnn())
+
+
+def test_prune_with_a_user_score_and_a_params_budget(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "p.safetensors"
+    status = main(["-q", "prune", "--model", "tests.fastnas._models:tiny_cnn", "--input-shape", "1,3,8,8",
+                   "--params", "40%", "--score", "tests.fastnas._models:output_energy", "--out", str(out)])
+    assert status == 0
+    assert "tests.fastnas._models:output_energy" in capsys.readouterr().out
+    model = restore(tiny_cnn(), out)
+    assert sum(p.numel() for p in model.parameters()) <= 0.4 * sum(p.numel() for p in tiny_cnn().parameters())
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--model", "no_such_module_xyz:f", "--flops", "50%"], "--model 'no_such_module_xyz:f': cannot import"),
+    (["--model", "tests.fastnas._models", "--flops", "50%"], "must look like MODULE:NAME"),
+    (["--model", "tests.fastnas._models:INPUT_SHAPE", "--flops", "50%"], "is not callable"),
+    (["--model", "tests.fastnas._models:tiny_cnn"], "give a budget"),
+    (["--model", "tests.fastnas._models:tiny_cnn", "--flops", "1%"], "cannot be met: the smallest subnet"),
+])
+def test_prune_errors_are_one_line(args: list[str], message: str, tmp_path: Path,
+                                   capsys: pytest.CaptureFixture[str]) -> None:
+    status = main(["-q", "prune", "--input-shape", "1,3,8,8", "--out", str(tmp_path / "x"), *args])
+    err = capsys.readouterr().err
+    assert status == 1
+    assert err.startswith("modeopt prune: error: ") and message in err and "Traceback" not in err
+    assert not (tmp_path / "x").exists()
+
+
+def test_prune_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["prune", "--model", "m:f", "--input-shape", "1,x", "--flops", "5%", "--out", "o"]) == 2
+    assert "expected a comma-separated shape" in capsys.readouterr().err
+    assert main(["prune", "--model", "m:f", "--input-shape", "1,3", "--flops", "sixty", "--out", "o"]) == 2
+    assert "expected a percentage like 60%" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_demo_runs_end_to_end_and_reuses_its_baseline(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["-q", "demo", "--out", str(tmp_path)]) == 0
+    table = capsys.readouterr().out
+    assert table.splitlines()[0].split()[:3] == ["model", "val", "acc"]
+    assert [line.split()[0] for line in table.splitlines()[2:5]] == ["baseline", "pruned", "fine-tuned"]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    rows = summary["rows"]
+    assert rows["pruned"]["flops"] <= 0.5 * rows["baseline"]["flops"]
+    assert rows["fine-tuned"]["accuracy"] >= rows["baseline"]["accuracy"] - 1.5
+    assert (tmp_path / "pruned.safetensors").exists() and (tmp_path / "baseline.safetensors").exists()
+    pytest.importorskip("matplotlib")
+    assert (tmp_path / "sensitivity.png").stat().st_size > 0 and (tmp_path / "thresholds.png").stat().st_size > 0
+
+    assert main(["-q", "demo", "--out", str(tmp_path), "--flops", "30%"]) == 0
+    again = json.loads((tmp_path / "summary.json").read_text())
+    assert again["search"]["baseline_cached"] and again["search"]["resumed"]
+    assert again["search"]["num_score_evals"] == 0
+    assert again["rows"]["pruned"]["flops"] <= 0.3 * again["rows"]["baseline"]["flops"]

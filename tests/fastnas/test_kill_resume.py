@@ -1,0 +1,48 @@
+"""A FastNAS search killed with SIGKILL resumes from its checkpoint without redoing finished hparams."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from modeopt_core.searcher import SEARCH_CHECKPOINT_KIND
+from modeopt_core.statefile import read_state_file
+from tests.fastnas._kill_worker import run
+
+ROOT = Path(__file__).parents[2]
+
+
+def _worker(ckpt: Path, out: Path, kill_at: int | None = None) -> subprocess.CompletedProcess[str]:
+    args = [sys.executable, "-m", "tests.fastnas._kill_worker", str(ckpt), str(out)]
+    if kill_at is not None:
+        args.append(str(kill_at))
+    return subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+
+def test_sigkilled_search_resumes_without_reevaluating_and_ends_identically(tmp_path: Path) -> None:
+    reference = run(None)  # uninterrupted, in this process
+    assert reference["evaluated"][:9] == ["original"] + ["conv1.out_channels"] * 7 + ["conv2.out_channels"]
+
+    ckpt, out = tmp_path / "search.ckpt", tmp_path / "out.json"
+    killed = _worker(ckpt, out, kill_at=10)  # dies inside conv2's second evaluation
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert not out.exists() and ckpt.exists(), killed.stderr
+    state = read_state_file(ckpt, kind=SEARCH_CHECKPOINT_KIND)["state"]
+    assert list(state["sensitivity_raw"]) == ["conv1.out_channels"]  # checkpointed after each hparam
+    assert state["num_score_evals"] == 8
+
+    resumed = _worker(ckpt, out)
+    assert resumed.returncode == 0, resumed.stderr
+    result = json.loads(out.read_text())
+    assert result["resumed"], (result, reference)
+    assert "original" not in result["evaluated"] and "conv1.out_channels" not in result["evaluated"]
+    assert result["evaluated"] == reference["evaluated"][8:], (result, reference)
+    assert result["num_score_evals_total"] == len(reference["evaluated"])
+    assert result["subnet"] == reference["subnet"]
+    for name, drops in reference["sensitivity_map"].items():
+        assert result["sensitivity_map"][name] == pytest.approx(drops, abs=1e-6)
