@@ -174,7 +174,10 @@ def recalibrate_batchnorm(
             with torch.no_grad():
                 for bn, buffers in saved.items():
                     for name, value in buffers.items():
-                        getattr(bn, name).copy_(value)
+                        # the raw buffer, not ``getattr``: on a dynamic (sliced) BN that is a narrower view
+                        raw = bn._buffers[name]
+                        if raw is not None:
+                            raw.copy_(value)
     if num_batches < min_batches:
         warnings.warn(
             f"batch-norm statistics were re-estimated from only {num_batches} batch(es) (min_batches="
