@@ -108,7 +108,8 @@ def apply_mode(
             raise ConfigError(f"got {len(mode_kwargs)} mode_kwargs dicts for {len(modes)} modes")
         kwargs_list = [dict(k) for k in mode_kwargs]
     else:
-        kwargs_list = [dict(mode_kwargs or {}) for _ in modes]
+        shared: Mapping[str, Any] = mode_kwargs or {}
+        kwargs_list = [dict(shared) for _ in modes]
 
     state = get_state(model)
     applied = [r.mode for r in state] if state else []

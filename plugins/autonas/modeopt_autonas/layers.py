@@ -122,6 +122,7 @@ class LayerRegistry:
 
 LAYERS = LayerRegistry()
 
+_cls: type[nn.Module]
 for _cls in (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d):
     LAYERS.register_spec(_cls, _conv_spec)
 LAYERS.register_spec(nn.Linear, _linear_spec)

@@ -139,25 +139,25 @@ class _DynamicConvNd(DynamicModule):
         return factors
 
 
-class DynamicConv1d(_DynamicConvNd, nn.Conv1d):
+class DynamicConv1d(_DynamicConvNd, nn.Conv1d):  # type: ignore[misc]  # a property over a torch attribute, by design
     """Dynamic ``nn.Conv1d``."""
 
 
-class DynamicConv2d(_DynamicConvNd, nn.Conv2d):
+class DynamicConv2d(_DynamicConvNd, nn.Conv2d):  # type: ignore[misc]  # a property over a torch attribute, by design
     """Dynamic ``nn.Conv2d``."""
 
 
-class DynamicConv3d(_DynamicConvNd, nn.Conv3d):
+class DynamicConv3d(_DynamicConvNd, nn.Conv3d):  # type: ignore[misc]  # a property over a torch attribute, by design
     """Dynamic ``nn.Conv3d``."""
 
 
-class DynamicConvTranspose1d(_DynamicConvNd, nn.ConvTranspose1d):
+class DynamicConvTranspose1d(_DynamicConvNd, nn.ConvTranspose1d):  # type: ignore[misc]  # a property over a torch attribute, by design
     """Dynamic ``nn.ConvTranspose1d``."""
 
 
-class DynamicConvTranspose2d(_DynamicConvNd, nn.ConvTranspose2d):
+class DynamicConvTranspose2d(_DynamicConvNd, nn.ConvTranspose2d):  # type: ignore[misc]  # a property over a torch attribute, by design
     """Dynamic ``nn.ConvTranspose2d``."""
 
 
-class DynamicConvTranspose3d(_DynamicConvNd, nn.ConvTranspose3d):
+class DynamicConvTranspose3d(_DynamicConvNd, nn.ConvTranspose3d):  # type: ignore[misc]  # a property over a torch attribute, by design
     """Dynamic ``nn.ConvTranspose3d``."""
