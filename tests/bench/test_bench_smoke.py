@@ -1,0 +1,133 @@
+"""Smoke tests of the benchmark scripts: each runs with ``--quick`` in a subprocess and prints a table.
+
+The scripts' figures are not checked (they depend on the machine); the tables' structure, the
+reproduce line and a few invariants that hold on any machine are.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+ROOT = Path(__file__).parents[2]
+BENCH = ROOT / "bench"
+_RULE = re.compile(r"^\|(:?-+:?\|)+$")
+
+
+def _load_common() -> ModuleType:
+    name = "_modeopt_bench_common"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, BENCH / "_common.py")
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module  # dataclasses look their module up there
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+def _tables(text: str) -> list[list[list[str]]]:
+    """Every markdown table in ``text`` as rows of cells (header first, the rule line dropped)."""
+    tables: list[list[list[str]]] = []
+    lines = text.splitlines()
+    for i, line in enumerate(lines):
+        if _RULE.match(line.strip()) and i > 0 and lines[i - 1].startswith("|"):
+            rows = [lines[i - 1]]
+            for follow in lines[i + 1:]:
+                if not follow.startswith("|"):
+                    break
+                rows.append(follow)
+            tables.append([[c.strip() for c in r.strip().strip("|").split("|")] for r in rows])
+    return tables
+
+
+def _run(script: str, *args: str, timeout: float = 300) -> tuple[str, list[list[list[str]]]]:
+    proc = subprocess.run([sys.executable, str(BENCH / script), "--quick", *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=timeout, check=False)
+    assert proc.returncode == 0, f"{script} failed:\n{proc.stdout}\n{proc.stderr}"
+    out = proc.stdout
+    assert re.search(r"^machine: \d+ cores .*CPU probe [\d.]+ ms$", out, re.M), out
+    expected = " ".join([".venv/bin/python", f"bench/{script}", "--quick", *args])
+    assert f"reproduce: {expected}" in out, out
+    tables = _tables(out)
+    assert tables, f"{script} printed no markdown table:\n{out}"
+    for table in tables:
+        assert len(table) >= 2 and all(len(row) == len(table[0]) for row in table), table
+    return out, tables
+
+
+def _column(table: list[list[str]], name: str) -> list[str]:
+    return [row[table[0].index(name)] for row in table[1:]]
+
+
+def test_markdown_table_layout() -> None:
+    common = _load_common()
+    text = common.markdown_table(["name", "value"], [["a", 1], ["bbbb", 22.5]])
+    assert text.splitlines() == [
+        "| name | value |",
+        "|:-----|------:|",
+        "| a    |     1 |",
+        "| bbbb |  22.5 |",
+    ]
+    assert _tables(text) == [[["name", "value"], ["a", "1"], ["bbbb", "22.5"]]]
+
+
+def test_measure_counts_and_orders_runs() -> None:
+    common = _load_common()
+    calls: list[str] = []
+    timing = common.measure(lambda: calls.append("x"), runs=4, warmup=2)
+    assert len(calls) == 6 and len(timing.wall) == len(timing.cpu) == 4
+    assert timing.best <= timing.median
+    calls.clear()
+    timings = common.measure_interleaved({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, 2, 0)
+    assert calls == ["a", "b", "b", "a"]  # who goes first alternates
+    assert set(timings) == {"a", "b"} and all(len(t.wall) == 2 for t in timings.values())
+
+
+def test_convert_time() -> None:
+    _, (table,) = _run("convert_time.py")
+    assert {(r[0], r[2]) for r in table[1:]} >= {("resnet18", "autonas"), ("resnet18", "fastnas")}
+    assert all(int(h) > 0 for h in _column(table, "hparams"))
+    assert all(float(ms) > 0 for ms in _column(table, "convert ms (median)"))
+
+
+def test_checkpoints() -> None:
+    _, (table,) = _run("checkpoints.py")
+    ops = _column(table, "operation")
+    assert {"modeopt save", "modeopt restore", "torch.save", "torch.load"} <= set(ops)
+    assert all(size.endswith(("KiB", "MiB", "GiB")) for size in _column(table, "file"))
+
+
+@pytest.mark.slow
+def test_exported_speed() -> None:
+    _, (table,) = _run("exported_speed.py")
+    variants = _column(table, "variant")
+    assert {"original", "fastnas @ max", "autonas @ max"} <= set(variants)
+    assert any(v.endswith("exported") for v in variants)
+    for variant, flops in zip(variants, _column(table, "FLOPs")):
+        if variant.endswith("exported"):
+            assert float(flops.rstrip("%")) < 100.0, (variant, flops)
+
+
+@pytest.mark.slow
+def test_search_time(tmp_path: Path) -> None:
+    out, tables = _run("search_time.py", "--cache", str(tmp_path))
+    fastnas, autonas = tables
+    assert [r[0].split()[0] for r in fastnas[1:]] == ["digits", "resnet18"]
+    assert all(int(n) > 0 for n in _column(fastnas, "score evals"))
+    assert all(int(n) >= 1 for n in _column(autonas, "iterations"))
+    assert "bench/fastnas_resnet18.py output" in out
+
+
+@pytest.mark.slow
+def test_quality(tmp_path: Path) -> None:
+    _, (table,) = _run("quality.py", "--cache", str(tmp_path))
+    names = _column(table, "model")
+    assert names[0] == "baseline" and any(n.startswith("FastNAS 50%") for n in names)
+    pruned = [float(f.rstrip("%")) for n, f in zip(names, _column(table, "FLOPs kept")) if n.startswith("FastNAS")]
+    assert pruned and all(f <= 50.0 for f in pruned)
