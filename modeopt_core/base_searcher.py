@@ -11,8 +11,16 @@ searcher class, the JSON-able part of the config (functions and data loaders can
 are left out), the constraints and the shapes of the dummy input. Resuming with a different
 fingerprint raises :class:`~modeopt_core.errors.CheckpointError` listing the differences; to start
 afresh, delete the file or pass another path. Keys in ``resume_compatible_keys`` (``checkpoint``,
-``verbose``, and for iterative searchers ``num_iters``) may change between runs, so a finished search
-can be extended by raising ``num_iters``.
+``verbose``, ``shard_evaluations``, and for iterative searchers ``num_iters``) may change between
+runs, so a finished search can be extended by raising ``num_iters``.
+
+Under ``torch.distributed`` (see ``docs/distributed.md``) every rank calls :meth:`BaseSearcher.search`
+with the same arguments (checked: ranks that disagree raise
+:class:`~modeopt_core.distributed.DistributedError`); rank 0's seed is used on every rank; only rank 0
+logs and writes the checkpoint; a checkpoint is read by rank 0 and sent to the others (the world size
+may differ from the run that wrote it); and at the end every rank receives rank 0's buffers (batch-norm
+statistics), so all ranks return the same model. Subclasses that evaluate candidates in parallel
+consult ``config["shard_evaluations"]``.
 """
 
 from __future__ import annotations
@@ -30,6 +38,7 @@ from typing import Any, ClassVar, final
 
 from torch import nn
 
+from . import distributed
 from .calibration import ForwardLoop, make_forward_loop
 from .constraints import Constraints, ForwardProfiler, ModelProfiler
 from .errors import CheckpointError, ConfigError, ConstraintError, SearchError
@@ -43,6 +52,7 @@ from .search_config import (
     fingerprint_diff,
     json_part,
 )
+from .state import unwrap_model
 from .statefile import read_state_file, write_state_file
 
 __all__ = ["SEARCH_CHECKPOINT_KIND", "BaseSearcher", "SearchConfig"]
@@ -53,6 +63,7 @@ SEARCH_CHECKPOINT_KIND = "modeopt-search-checkpoint"
 """The ``kind`` of search checkpoint state files."""
 
 _RNG_KEY = "rng_state"
+_PER_RANK_KEYS = frozenset({"checkpoint", "verbose"})  # config keys that may differ between ranks (rank 0's count)
 
 logger = logging.getLogger(__name__)
 
@@ -88,7 +99,7 @@ class BaseSearcher(ABC):
     from it so resumed searches are exact).
     """
 
-    resume_compatible_keys: ClassVar[frozenset[str]] = frozenset({"checkpoint", "verbose"})
+    resume_compatible_keys: ClassVar[frozenset[str]] = frozenset({"checkpoint", "verbose", "shard_evaluations"})
     """Config keys that may differ between the run that wrote a checkpoint and the one resuming it."""
 
     def __init__(self) -> None:
@@ -114,7 +125,11 @@ class BaseSearcher(ABC):
             "max_iter_data_loader": None,  # max batches per forward loop over data_loader (None: all)
             "checkpoint": None,  # path of the resumable search checkpoint
             "verbose": True,  # progress bar and info logs; False: no output at all
-            "seed": 0,  # seed of self.rng
+            "seed": 0,  # seed of self.rng (rank 0's under torch.distributed)
+            # under torch.distributed: ranks score different candidates in parallel (True), or every
+            # rank scores every candidate and rank 0's score counts (False: for a score_func that
+            # runs collectives itself, e.g. a DistributedSampler plus all_reduce)
+            "shard_evaluations": True,
         }
 
     @property
@@ -137,6 +152,7 @@ class BaseSearcher(ABC):
         check_int(merged, "max_iter_data_loader", minimum=1, allow_none=True)
         check_path(merged, "checkpoint")
         check_bool(merged, "verbose")
+        check_bool(merged, "shard_evaluations")
         check_int(merged, "seed")
         if merged["data_loader"] is not None and merged["forward_loop"] is not None:
             raise ConfigError(
@@ -223,8 +239,8 @@ class BaseSearcher(ABC):
 
     @property
     def log_level(self) -> int:
-        """Level of the searcher's progress logs: INFO when ``verbose``, else DEBUG (hidden by default)."""
-        return logging.INFO if self.config.get("verbose", True) else logging.DEBUG
+        """Level of the searcher's progress logs: INFO when ``verbose`` (on rank 0), else DEBUG (hidden by default)."""
+        return logging.INFO if self.config.get("verbose", True) and distributed.is_main() else logging.DEBUG
 
     @property
     def checkpoint_path(self) -> Path | None:
@@ -233,9 +249,13 @@ class BaseSearcher(ABC):
         return Path(os.fspath(path)) if path is not None else None
 
     def save_search_checkpoint(self) -> None:
-        """Write the state and fingerprint to the checkpoint file atomically (no-op without a path)."""
+        """Write the state and fingerprint to the checkpoint file atomically (no-op without a path).
+
+        Only rank 0 writes (the others hold the same state); no barrier: the other ranks never read
+        the file during the search, and a resumed search gets the state from rank 0.
+        """
         path = self.checkpoint_path
-        if path is None:
+        if path is None or not distributed.is_main():
             return
         path.parent.mkdir(parents=True, exist_ok=True)
         write_state_file(
@@ -245,13 +265,16 @@ class BaseSearcher(ABC):
         )
 
     def load_search_checkpoint(self) -> bool:
-        """Resume from the checkpoint file if it exists; return whether state was loaded."""
+        """Resume from the checkpoint file if it exists; return whether state was loaded.
+
+        Under ``torch.distributed`` rank 0 reads the file and sends its content to the other ranks.
+        """
         path = self.checkpoint_path
-        if path is None or not path.exists():
+        data = distributed.run_on_main(lambda: self._read_search_checkpoint(path))
+        if data is None:
             if path is not None:
                 logger.log(self.log_level, "no search checkpoint at %s yet: starting a fresh search", path)
             return False
-        data = read_state_file(path, kind=SEARCH_CHECKPOINT_KIND)
         if not isinstance(data, Mapping) or set(data) != {"fingerprint", "state"}:
             raise CheckpointError(f"{path} is not a modeopt search checkpoint (unexpected layout)")
         saved, current = data["fingerprint"], self.fingerprint()
@@ -266,6 +289,24 @@ class BaseSearcher(ABC):
         self.resumed = True
         logger.log(self.log_level, "resumed search from checkpoint %s", path)
         return True
+
+    @staticmethod
+    def _read_search_checkpoint(path: Path | None) -> dict[str, Any] | None:
+        if path is None or not path.exists():
+            return None
+        return read_state_file(path, kind=SEARCH_CHECKPOINT_KIND)
+
+    def _check_same_search_on_all_ranks(self) -> None:
+        """Raise on every rank when the ranks' searches differ (they would diverge or wait forever)."""
+        mine = {**self.fingerprint(), "config": json_part(self.config, exclude=_PER_RANK_KEYS)}
+        fingerprints = distributed.all_gather_objects(mine)
+        for other, fingerprint in enumerate(fingerprints):
+            if fingerprint != fingerprints[0]:
+                diffs = fingerprint_diff(fingerprints[0], fingerprint)
+                raise distributed.DistributedError(
+                    f"rank {other} runs a different search than rank 0 ({'; '.join(diffs)}); call search with "
+                    "the same model, config, constraints and dummy-input shapes on every rank"
+                )
 
     # ----------------------------------------------------------------- scoring
     def eval_score(self) -> float:
@@ -292,12 +333,16 @@ class BaseSearcher(ABC):
         """Run the whole search lifecycle on ``model`` and return :meth:`results`.
 
         Every module's training flag is restored afterwards, also on error. Config and constraint
-        errors are raised before the model is touched.
+        errors are raised before the model is touched. A DP/DDP wrapper is unwrapped: the search
+        runs on (and changes) the wrapped module.
         """
         if not isinstance(model, nn.Module):
             raise SearchError(f"search needs a torch.nn.Module, got {type(model).__name__}")
+        model = unwrap_model(model)
         parsed = Constraints.parse(constraints)
         self.config = self.sanitize_search_config(config)
+        if distributed.is_distributed():  # every rank draws the same candidates
+            self.config["seed"] = distributed.broadcast_object(self.config["seed"])
         self.model, self.constraints, self.dummy_input = model, parsed, dummy_input
         self.reset_search()
         if self.config["forward_loop"] is not None:
@@ -315,12 +360,15 @@ class BaseSearcher(ABC):
             raise ConstraintError(
                 f"constraints {self.constraints.to_dict()} need a dummy_input to count flops/params; pass one"
             )
+        if distributed.is_distributed():
+            self._check_same_search_on_all_ranks()
         flags = {m: m.training for m in model.modules()}
         try:
             self.load_search_checkpoint()
             self.before_search()
             self.run_search()
             self.after_search()
+            distributed.broadcast_buffers(model)  # identical statistics on every rank, whatever its data
             return self.results()
         finally:
             for module, flag in flags.items():

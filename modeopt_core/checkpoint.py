@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from . import distributed
 from ._codec import RESERVED_PREFIX, decode, encode, from_json, to_json
 from ._container import (
     VERSION_KEY,
@@ -66,13 +67,22 @@ def _provider(name: str) -> tuple[str, str]:
 def save(model: nn.Module, path: str | os.PathLike[str]) -> None:
     """Save weights and applied modes of ``model`` to ``path`` atomically (DP/DDP wrappers are unwrapped).
 
+    Under ``torch.distributed`` with several processes this is a collective: call it on every rank;
+    rank 0 writes the file and every rank returns once it is complete, so any rank may ``restore`` it
+    next (calling it on rank 0 alone would leave rank 0 waiting for the others).
+
     Raises:
         CheckpointError: the state holds values that cannot be stored (the message says where), or
-            the file cannot be written; an existing ``path`` is then left as it was.
+            the file cannot be written; an existing ``path`` is then left as it was. Other ranks then
+            raise :class:`~modeopt_core.distributed.DistributedError` naming rank 0's error.
     """
+    model = unwrap_model(model)
+    distributed.run_on_main(lambda: _write(model, path))
+
+
+def _write(model: nn.Module, path: str | os.PathLike[str]) -> None:
     from . import __version__
 
-    model = unwrap_model(model)
     state = modeopt_state(model)
     providers = {entry["name"]: list(_provider(entry["name"])) for entry in state["modes"]}
     weights, extra, versions = model_tensors(model)

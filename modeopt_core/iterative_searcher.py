@@ -19,6 +19,12 @@ Each candidate is recorded in ``history`` as a dict::
 
 Only satisfied candidates can become ``best``; when none is satisfied the results say so
 (``best`` None, ``satisfied`` False) and the model is put back into its starting config.
+
+Under ``torch.distributed`` the search runs in *rounds*: all ranks draw the same candidates (same
+seed) until ``world_size`` of them need a score or :meth:`~IterativeSearcher.can_sample_ahead` says
+the next draw depends on pending scores; each rank scores one of them (``shard_evaluations``), the
+scores are all-gathered, and every rank records the round's candidates in order. Candidates,
+history, best and checkpoints are exactly those of a single-process search, whatever the world size.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from abc import abstractmethod
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
+from . import distributed
 from .base_searcher import BaseSearcher, SearchConfig
 from .constraints import ConstraintResult
 from .errors import ConfigError
@@ -125,6 +132,17 @@ class IterativeSearcher(BaseSearcher):
         """Return True to end the search after the current iteration."""
         return False
 
+    def can_sample_ahead(self, pending: list[dict[str, Any]]) -> bool:
+        """Whether the next candidate may be drawn before the ``pending`` ones are scored.
+
+        Only consulted under ``torch.distributed``, where candidates drawn ahead are scored in parallel.
+        ``pending`` are the candidates drawn since the last scores arrived: scores not yet known,
+        :meth:`after_step` not yet run for them. Return True only when :meth:`before_step` and
+        :meth:`sample` would then behave exactly as after those steps (e.g. sampling that ignores
+        scores). The default False scores one candidate at a time, as a single process does.
+        """
+        return False
+
     def is_better(self, candidate: dict[str, Any], best: dict[str, Any]) -> bool:
         """Whether a satisfied ``candidate`` replaces the current ``best``: strictly higher score."""
         return candidate["score"] > best["score"]
@@ -158,6 +176,17 @@ class IterativeSearcher(BaseSearcher):
 
     def run_step(self) -> dict[str, Any]:
         """Sample one candidate, evaluate it (or reuse a cached result), update ``best`` and ``history``."""
+        candidate, previous = self._draw(self.iter_num)
+        if previous is None and candidate["satisfied"]:
+            candidate["score"] = self.eval_score()
+        self._record(candidate)
+        return candidate
+
+    def _draw(self, iteration: int) -> tuple[dict[str, Any], dict[str, Any] | None]:
+        """Sample a candidate and check its constraints; its score is left to the caller (None here).
+
+        Returns the candidate record and the earlier record of the same config (None if new).
+        """
         config = self.sample()
         key = candidate_key(config)
         previous = self._evaluated.get(key)
@@ -165,10 +194,9 @@ class IterativeSearcher(BaseSearcher):
             satisfied, values, score = previous["satisfied"], previous["constraints"], previous["score"]
         else:
             result = self.evaluate_constraints()
-            satisfied, values = result.satisfied, dict(result.values)
-            score = self.eval_score() if satisfied else None
+            satisfied, values, score = result.satisfied, dict(result.values), None
         candidate = {
-            "iteration": self.iter_num,
+            "iteration": iteration,
             "config": dict(config),
             "satisfied": satisfied,
             "constraints": values,
@@ -176,13 +204,15 @@ class IterativeSearcher(BaseSearcher):
             "cached": previous is not None,
             "is_best": False,
         }
-        if satisfied and (self.best is None or self.is_better(candidate, self.best)):
-            candidate["is_best"] = True
-            self.best = dict(candidate)
         if previous is None:
             self._evaluated[key] = candidate
+        return candidate, previous
+
+    def _record(self, candidate: dict[str, Any]) -> None:
+        if candidate["satisfied"] and (self.best is None or self.is_better(candidate, self.best)):
+            candidate["is_best"] = True
+            self.best = dict(candidate)
         self.history.append(candidate)
-        return candidate
 
     def run_search(self) -> None:
         """Iterate until ``num_iters`` or :meth:`early_stop`, checkpointing along the way."""
@@ -195,7 +225,14 @@ class IterativeSearcher(BaseSearcher):
         bar.initial = bar.n = self.iter_num  # resumed searches continue the count (and the rate ignores it)
         self._next_save = time.monotonic() + self.checkpoint_interval_s
         try:
-            while self.iter_num < num_iters:
+            if distributed.is_distributed():
+                while self.iter_num < num_iters and not self.stopped_early:
+                    self._run_round(bar)
+                    if not self.stopped_early and time.monotonic() >= self._next_save:
+                        self._timed_checkpoint()
+                if self.stopped_early:
+                    logger.log(self.log_level, "early stop after %d iterations", self.iter_num)
+            while self.iter_num < num_iters and not self.stopped_early:
                 self.before_step()
                 candidate = self.run_step()
                 self.after_step(candidate)
@@ -211,6 +248,55 @@ class IterativeSearcher(BaseSearcher):
         finally:
             bar.close()
         self.save_search_checkpoint()
+
+    def _run_round(self, bar: Any) -> None:
+        """Draw candidates until ``world_size`` need a score, score them across ranks, record them in order."""
+        width = distributed.world_size()
+        drawn: list[tuple[dict[str, Any], dict[str, Any] | None]] = []
+        to_score: list[dict[str, Any]] = []
+        while self.iter_num + len(drawn) < self.config["num_iters"] and len(to_score) < width:
+            if drawn and not self.can_sample_ahead([c for c, _ in drawn]):
+                break
+            self.before_step()
+            candidate, previous = self._draw(self.iter_num + len(drawn))
+            drawn.append((candidate, previous))
+            if previous is None and candidate["satisfied"]:
+                to_score.append(candidate)
+        if to_score:
+            for candidate, score in zip(to_score, self._score_across_ranks([c["config"] for c in to_score])):
+                candidate["score"] = score
+            self.select(drawn[-1][0]["config"])  # each rank selected what it scored; agree again
+        for index, (candidate, previous) in enumerate(drawn):
+            if previous is not None:  # cached: its source may have been scored in this very round
+                candidate["score"] = previous["score"]
+            self._record(candidate)
+            self.after_step(candidate)
+            self.iter_num += 1
+            self.stopped_early = bool(self.early_stop())
+            bar.set_postfix_str(self._progress_text(), refresh=False)
+            bar.update(1)
+            if self.stopped_early:
+                for dropped, earlier in drawn[index + 1 :]:  # drawn ahead but past the end of the search
+                    if earlier is None:
+                        self._evaluated.pop(candidate_key(dropped["config"]), None)
+                return
+
+    def _score_across_ranks(self, configs: list[dict[str, Any]]) -> list[float]:
+        """Scores of ``configs``: shared out across ranks, or all scored everywhere and rank 0's taken."""
+        width, me = distributed.world_size(), distributed.rank()
+        shard = self.config["shard_evaluations"]
+
+        def score_mine() -> dict[int, float]:
+            scores = {}
+            for i, config in enumerate(configs):
+                if not shard or i % width == me:
+                    self.select(config)
+                    scores[i] = self.eval_score()
+            return scores
+
+        gathered = distributed.run_and_gather(score_mine)
+        merged = gathered[0] if not shard else {i: s for part in gathered for i, s in part.items()}
+        return [merged[i] for i in range(len(configs))]
 
     def _timed_checkpoint(self) -> None:
         start = time.monotonic()

@@ -9,6 +9,8 @@ loop in :func:`progress`. What the user sees depends on where stderr goes:
   runs, and when it ends, so logs stay readable and free of carriage returns;
 - disabled (``enabled=False``, ``MODEOPT_PROGRESS=off`` or the CLI's ``--quiet``): nothing at all.
 
+Under ``torch.distributed`` only rank 0 reports; the other ranks' bars are silent.
+
 The environment variable ``MODEOPT_PROGRESS`` (``auto``, ``bar``, ``log`` or ``off``) chooses the
 style process-wide; :func:`set_progress_mode` overrides it (the CLI uses this for ``--quiet``).
 """
@@ -24,6 +26,7 @@ from typing import Any, Literal, TypeVar
 
 from tqdm import tqdm
 
+from . import distributed
 from .errors import ConfigError
 
 __all__ = ["ProgressMode", "progress", "progress_mode", "set_progress_mode"]
@@ -147,10 +150,11 @@ def progress(
     ``set_description(...)`` and ``close()`` (or use it as a context manager).
 
     Args:
-        enabled: False makes it completely silent (callers pass their ``verbose`` flag here).
+        enabled: False makes it completely silent (callers pass their ``verbose`` flag here); ranks
+            other than 0 of a process group are always silent.
         log_interval: seconds between two log lines when stderr is not a terminal.
     """
-    mode = progress_mode() if enabled else "off"
+    mode = progress_mode() if enabled and distributed.is_main() else "off"
     if mode == "auto":
         stream = sys.stderr
         mode = "bar" if stream is not None and hasattr(stream, "isatty") and stream.isatty() else "log"

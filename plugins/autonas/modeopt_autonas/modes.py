@@ -6,7 +6,7 @@ from typing import Any
 
 from torch import nn
 
-from modeopt_core import ConvertError, Metadata, ModeConfig, ModeDescriptor, get_plugin_manager
+from modeopt_core import ConvertError, Metadata, ModeConfig, ModeDescriptor, get_plugin_manager, unwrap_model
 
 from .analysis import analyze
 from .config import AutoNASConfig, ExportConfig, NASRuleConfig, SupernetRuleConfig, module_type_alias
@@ -23,13 +23,13 @@ DEFAULT_NEXT_MODES = frozenset({"export_nas", "kd_loss", "quantize", "sparse_mag
 
 
 def has_search_space(model: nn.Module) -> bool:
-    """Whether ``model`` carries a live (un-exported) search space."""
-    return _SPACE_ATTR in model.__dict__
+    """Whether ``model`` (or the module a DP/DDP wrapper holds) carries a live (un-exported) search space."""
+    return _SPACE_ATTR in unwrap_model(model).__dict__
 
 
 def get_search_space(model: nn.Module) -> SearchSpace:
-    """The search space of a model converted by a NAS mode (``autonas``/``fastnas``)."""
-    space = model.__dict__.get(_SPACE_ATTR)
+    """The search space of a model converted by a NAS mode (``autonas``/``fastnas``); DP/DDP are unwrapped."""
+    space = unwrap_model(model).__dict__.get(_SPACE_ATTR)
     if space is None:
         raise ConvertError(
             "this model has no search space: apply a NAS mode first, e.g. "

@@ -252,6 +252,10 @@ class RandomSearcher(NASSearcher):
     def propose(self) -> dict[str, int]:
         return self.random_config()
 
+    def can_sample_ahead(self, pending: list[dict[str, Any]]) -> bool:
+        """Always: draws never depend on scores (so ranks score ``world_size`` candidates at a time)."""
+        return True
+
 
 class EvolveSearcher(NASSearcher):
     """Evolutionary search: random subnets first, then children of the best ones (the ``autonas`` default).
@@ -323,3 +327,8 @@ class EvolveSearcher(NASSearcher):
     def after_step(self, candidate: dict[str, Any]) -> None:
         if candidate["satisfied"] and not candidate["cached"]:
             self.population.append({"config": dict(candidate["config"]), "score": candidate["score"]})
+
+    def can_sample_ahead(self, pending: list[dict[str, Any]]) -> bool:
+        """Until the generation is full: only choosing the next parents needs the scores."""
+        joining = sum(1 for c in pending if c["satisfied"] and not c["cached"])
+        return len(self.population) + joining < self.config["population_size"]

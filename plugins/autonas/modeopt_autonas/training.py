@@ -26,7 +26,7 @@ from typing import Any
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from modeopt_core import ConfigError
+from modeopt_core import ConfigError, unwrap_model
 
 from .errors import SpaceExportedError
 from .space import SearchSpace
@@ -139,8 +139,8 @@ def _pre_forward(module: nn.Module, args: Any) -> None:
 
 
 def supernet_sampler(model: nn.Module) -> _SupernetSampler | None:
-    """The sampling state installed on ``model`` (None when there is none)."""
-    return model.__dict__.get(_ATTR)
+    """The sampling state installed on ``model`` or on the module a DP/DDP wrapper holds (None when none)."""
+    return unwrap_model(model).__dict__.get(_ATTR)
 
 
 def install_supernet_sampling(model: nn.Module, space: SearchSpace, schedule: str = "random", seed: int = 0) -> None:

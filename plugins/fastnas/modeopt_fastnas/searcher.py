@@ -34,6 +34,7 @@ from modeopt_autonas.hparam import Hparam
 from modeopt_autonas.modes import get_search_space
 from modeopt_autonas.profile import SubnetProfiler
 from modeopt_autonas.space import SearchSpace
+from modeopt_core import distributed
 from modeopt_core.calibration import DEFAULT_MIN_CALIBRATION_BATCHES, make_forward_loop, recalibrate_batchnorm
 from modeopt_core.constraints import ModelProfiler, unpack_dummy_input
 from modeopt_core.errors import ConfigError, ConstraintError
@@ -41,6 +42,7 @@ from modeopt_core.progress import progress
 from modeopt_core.search_config import check_float, check_int
 from modeopt_core.searcher import IterativeSearcher, SearchConfig
 
+from ._sharded_sensitivity import sharded_sensitivity_map
 from .sensitivity import PruningKey, monotone_drops, pruning_keys, subnet_for_threshold, threshold_candidates
 
 __all__ = ["BN_CALIBRATION_MODES", "BinarySearcher"]
@@ -157,7 +159,7 @@ class BinarySearcher(IterativeSearcher):
 
     @property
     def _log_level(self) -> int:
-        return logging.INFO if self.config["verbose"] else logging.DEBUG
+        return self.log_level  # INFO when verbose (on rank 0 only under torch.distributed)
 
     # ----------------------------------------------------------------- search space plumbing
     def make_profiler(self) -> ModelProfiler | None:
@@ -325,6 +327,7 @@ class BinarySearcher(IterativeSearcher):
 
     def _build_sensitivity_map(self) -> None:
         space = self._space()
+        self.original_score = distributed.broadcast_object(self.original_score)  # rank 0's, on every rank
         assert self.original_score is not None
         tol = self.config["zero_drop_tol"]
         todo = [(n, hp) for n, hp in self._targets.items() if n not in self.sensitivity_raw]
@@ -339,6 +342,9 @@ class BinarySearcher(IterativeSearcher):
             unit="choice",
         )
         with bar:
+            if distributed.is_distributed() and self.config["shard_evaluations"]:
+                self._map_across_ranks(todo, max_subnet, bar)
+                todo = []
             for name, hp in todo:
                 t0 = time.perf_counter()
                 space.select(max_subnet, strict=False)
@@ -349,7 +355,7 @@ class BinarySearcher(IterativeSearcher):
                         raw.append([choice, None])
                     else:
                         space.select({name: choice}, strict=False)
-                        drop = self.original_score - self._measure_score()
+                        drop = distributed.broadcast_object(self.original_score - self._measure_score())
                         raw.append([choice, drop])
                         at_zero = drop <= tol
                         bar.set_postfix_str(f"{name}={choice}/{hp.max} drop={drop:.4g}", refresh=False)
@@ -361,6 +367,41 @@ class BinarySearcher(IterativeSearcher):
                 self.save_search_checkpoint()
         _log.log(self._log_level, "FastNAS sensitivity map: %d score evaluations in %.1f s (this run: %d)",
                  self.num_score_evals, self.sensitivity_time_s, self._evals_this_run)
+
+    def _map_across_ranks(self, todo: list[tuple[str, Hparam]], max_subnet: dict[str, int], bar: Any) -> None:
+        """The map measured by all ranks at once (see :mod:`._sharded_sensitivity`): the same raw
+        entries, evaluation count and checkpoints as one process."""
+        space = self._space()
+        original = self.original_score
+        assert original is not None
+        evals, evals_this_run, seconds, start = (
+            self.num_score_evals, self._evals_this_run, self.sensitivity_time_s, time.perf_counter())
+        kept = 0
+
+        def measure(name: str, choice: int) -> float:
+            space.select({**max_subnet, name: choice}, strict=False)
+            return original - self._measure_score()
+
+        def finished(name: str, raw: list[list[Any]]) -> None:
+            nonlocal kept
+            kept += sum(1 for _, drop in raw if drop is not None)
+            self.sensitivity_raw[name] = raw
+            self.num_score_evals, self._evals_this_run = evals + kept, evals_this_run + kept
+            self.sensitivity_time_s = seconds + time.perf_counter() - start
+            self.save_search_checkpoint()
+
+        def wave(decided: int, name: str, choice: int, drop: float) -> None:
+            bar.set_postfix_str(f"{name}={choice} drop={drop:.4g}", refresh=False)
+            bar.update(decided)
+
+        stats = sharded_sensitivity_map(
+            [(n, hp.choices) for n, hp in todo], measure, zero_drop_tol=self.config["zero_drop_tol"],
+            on_finished=finished, on_wave=wave,
+        )
+        space.select(max_subnet, strict=False)
+        self.sensitivity_raw = {n: self.sensitivity_raw[n] for n in self._targets if n in self.sensitivity_raw}
+        _log.log(self._log_level, "FastNAS sensitivity map on %d ranks: %d waves, %d evaluations kept, %d discarded "
+                 "(drawn above a ~0 drop)", distributed.world_size(), stats.waves, stats.kept, stats.discarded)
 
     def _binary_search(self) -> None:
         counter = self._counter()

@@ -156,7 +156,7 @@ def test_training_flags_restored_after_search_and_after_error() -> None:
             {"num_iter": 5},
             r"unknown search config key\(s\) \['num_iter'\].*did you mean 'num_iters'.*accepted keys: "
             r"\['checkpoint', 'collect_func', 'data_loader', 'forward_loop', 'max_iter_data_loader', "
-            r"'num_iters', 'patience', 'score_func', 'seed', 'verbose'\]",
+            r"'num_iters', 'patience', 'score_func', 'seed', 'shard_evaluations', 'verbose'\]",
         ),
         ({"data_loader": [1], "forward_loop": print}, "mutually exclusive"),
         ({"num_iters": 0}, r"num_iters=0 is invalid; expected an int >= 1"),
