@@ -93,11 +93,10 @@ class _Plan:
         self.epoch = -1
 
 
-def param_view(name: str) -> property:
-    """A property returning the active part of parameter ``name`` (the parameter itself at max)."""
-
+def _tensor_view(slot: str, name: str, doc: str) -> property:
+    # ``slot`` is "_parameters" or "_buffers": both live in the instance ``__dict__``.
     def get(self: DynamicModule) -> torch.Tensor | None:
-        t = self._parameters[name]
+        t = self.__dict__[slot][name]
         if t is None:
             return None
         plan = self.__dict__["_dyn_plan"]
@@ -106,23 +105,17 @@ def param_view(name: str) -> property:
         ix = plan.tensors.get(name)
         return t if ix is None else ix(t)
 
-    return property(get, doc=f"The active part of parameter ``{name}``.")
+    return property(get, doc=doc)
+
+
+def param_view(name: str) -> property:
+    """A property returning the active part of parameter ``name`` (the parameter itself at max)."""
+    return _tensor_view("_parameters", name, f"The active part of parameter ``{name}``.")
 
 
 def buffer_view(name: str) -> property:
     """A property returning the active part of buffer ``name`` (in-place updates reach the buffer)."""
-
-    def get(self: DynamicModule) -> torch.Tensor | None:
-        t = self._buffers[name]
-        if t is None:
-            return None
-        plan = self.__dict__["_dyn_plan"]
-        if plan is None or plan.epoch != _EPOCH[0]:
-            plan = self._dyn_sync()
-        ix = plan.tensors.get(name)
-        return t if ix is None else ix(t)
-
-    return property(get, doc=f"The active part of buffer ``{name}``.")
+    return _tensor_view("_buffers", name, f"The active part of buffer ``{name}``.")
 
 
 def attr_view(name: str) -> property:
