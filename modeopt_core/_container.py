@@ -14,10 +14,11 @@ import mmap
 import os
 import struct
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from math import prod
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -50,7 +51,7 @@ MAX_HEADER_BYTES = 100_000_000
 # SHA-256 is written: CPUs with SHA extensions hash it ~1.8x faster than BLAKE2b (measured 1.28 vs
 # 0.71 GiB/s here), and the digest dominates save/restore time. BLAKE2b files (early v1) still verify.
 _DIGEST_ALGO = "sha256"
-_DIGEST_FACTORIES = {"sha256": hashlib.sha256, "blake2b-256": lambda: hashlib.blake2b(digest_size=32)}
+_DIGEST_FACTORIES: dict[str, Callable[[], Any]] = {"sha256": hashlib.sha256, "blake2b-256": lambda: hashlib.blake2b(digest_size=32)}
 
 _DTYPE_CODES: dict[torch.dtype, str] = {
     torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
