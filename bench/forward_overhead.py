@@ -12,7 +12,9 @@ from __future__ import annotations
 import argparse
 import copy
 import random
+import shlex
 import statistics
+import sys
 import time
 
 import torch
@@ -196,6 +198,8 @@ def main() -> None:
     _bench("resnet50", resnet, resnet_structure(resnet), x, args.runs)
     cnn, structure = small_cnn()
     _bench("small_cnn", cnn, structure, x, args.runs)
+    # The digits CNN at batch 256, converted through apply_mode: bench/exported_speed.py ("@ max" rows).
+    print("reproduce: " + shlex.join([".venv/bin/python", "bench/forward_overhead.py", *sys.argv[1:]]))
 
 
 if __name__ == "__main__":
