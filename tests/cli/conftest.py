@@ -1,7 +1,5 @@
 from __future__ import annotations
 
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,8 +11,6 @@ import modeopt_core as mo
 from modeopt_core.checkpoint import save
 from tests.cli.cli_support import ModesPlugin
 from tests.core.toymodes import ToyPlugin
-
-DISTS = Path(__file__).parents[1] / "core" / "plugin_dists"
 
 
 @pytest.fixture
@@ -39,14 +35,3 @@ def checkpoint(cli_modes: None, tmp_path: Path) -> Path:
     return path
 
 
-@pytest.fixture(scope="session")
-def installed_dists(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The example and broken plugin distributions installed for real (wheels, entry points)."""
-    target = tmp_path_factory.mktemp("cli-site")
-    for dist in ("example", "broken"):
-        subprocess.run(
-            [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
-             "--no-index", "--target", str(target), str(DISTS / dist)],
-            check=True, capture_output=True,
-        )
-    return target

@@ -15,21 +15,6 @@ from torch import nn
 import modeopt_core as mo
 from tests.core.toymodes import ScaleMode, TagMode
 
-DISTS = Path(__file__).parent / "plugin_dists"
-
-
-@pytest.fixture(scope="module")
-def installed_dists(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Install the example and the broken plugin distributions (real wheels, real entry points)."""
-    target = tmp_path_factory.mktemp("site")
-    for dist in ("example", "broken"):
-        subprocess.run(
-            [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
-             "--no-index", "--target", str(target), str(DISTS / dist)],
-            check=True, capture_output=True,
-        )
-    return target
-
 
 def _run(site: Path, code: str, **env: str) -> dict[str, Any]:
     full_env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), os.getcwd()]), **env}
