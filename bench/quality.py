@@ -32,9 +32,9 @@ from _common import (
 )
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
-from torch.utils.flop_counter import FlopCounterMode
 
 import modeopt_core as mo
+from modeopt_core.constraints import ForwardProfiler
 from modeopt_fastnas import prune
 from modeopt_fastnas.digits import accuracy, digits_loaders, train_epochs
 
@@ -44,13 +44,8 @@ _FINETUNE_LR = 0.01
 
 
 def _counts(model: nn.Module) -> tuple[int, int]:
-    counter = FlopCounterMode(display=False)
-    was_training = model.training
-    model.eval()
-    with torch.inference_mode(), counter:
-        model(torch.zeros(1, 1, 8, 8))
-    model.train(was_training)
-    return int(counter.get_total_flops()), sum(p.numel() for p in model.parameters())
+    counts = ForwardProfiler(model, torch.zeros(1, 1, 8, 8)).measure(("flops", "params"))
+    return int(counts["flops"]), int(counts["params"])
 
 
 def _finetune(model: nn.Module, train: DataLoader, val: DataLoader, epochs: int, seeds: int) -> tuple[str, float]:

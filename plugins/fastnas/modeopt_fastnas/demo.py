@@ -24,6 +24,7 @@ from modeopt_autonas.modes import get_search_space
 from modeopt_core import export
 from modeopt_core.calibration import make_forward_loop, recalibrate_batchnorm
 from modeopt_core.checkpoint import restore, save
+from modeopt_core.constraints import ForwardProfiler
 
 from .api import prune
 from .digits import DigitsResNet, accuracy, digits_loaders, train_epochs
@@ -64,15 +65,8 @@ def _latency_ms(model: nn.Module, runs: int = 10) -> float:
 
 
 def _counts(model: nn.Module) -> tuple[int, int]:
-    from torch.utils.flop_counter import FlopCounterMode
-
-    counter = FlopCounterMode(display=False)
-    was_training = model.training
-    model.eval()
-    with torch.no_grad(), counter:
-        model(torch.zeros(1, 1, 8, 8))
-    model.train(was_training)
-    return int(counter.get_total_flops()), sum(p.numel() for p in model.parameters())
+    counts = ForwardProfiler(model, torch.zeros(1, 1, 8, 8)).measure(("flops", "params"))
+    return int(counts["flops"]), int(counts["params"])
 
 
 def _baseline(out: Path, seed: int, epochs: int, train: Any, val: Any) -> tuple[nn.Module, bool]:
