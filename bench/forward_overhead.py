@@ -21,9 +21,9 @@ import torch
 import torchvision
 from torch import nn
 
-from modeopt_autonas.profile import SubnetProfiler
 from modeopt_autonas.space import SearchSpace
-from modeopt_autonas.structure import Binding, ChannelGroup, DepthSpec, Segment, SpaceStructure
+from modeopt_autonas.space.profile import SubnetProfiler
+from modeopt_autonas.space.structure import Binding, ChannelGroup, DepthSpec, Segment, SpaceStructure
 
 
 class _Builder:

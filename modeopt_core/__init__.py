@@ -9,6 +9,7 @@ try:
 except _md.PackageNotFoundError:  # pragma: no cover - source tree without install
     __version__ = "0+unknown"
 
+from . import distributed, sdk
 from .calibration import CalibrationError, make_forward_loop, recalibrate_batchnorm
 from .checkpoint import CheckpointInfo, inspect_checkpoint, restore, save
 from .config import ModeConfig, RuleConfig, make_rule_config, validate_config
@@ -23,6 +24,7 @@ from .conversion import (
     search,
     validate_modeopt_state,
 )
+from .distributed import DistributedError
 from .errors import (
     CheckpointError,
     ConfigError,
@@ -62,6 +64,7 @@ __all__ = [
     "ConstraintResult",
     "Constraints",
     "ConvertError",
+    "DistributedError",
     "ForwardProfiler",
     "IterativeSearcher",
     "Metadata",
@@ -82,6 +85,7 @@ __all__ = [
     "__version__",
     "applied_modes",
     "apply_mode",
+    "distributed",
     "export",
     "get_mode",
     "get_plugin_manager",
@@ -101,6 +105,7 @@ __all__ = [
     "restore",
     "restore_from_modeopt_state",
     "save",
+    "sdk",
     "search",
     "unregister_plugin",
     "unwrap_model",

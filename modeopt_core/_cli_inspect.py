@@ -41,8 +41,8 @@ def _plain(node: Any) -> Any:
     return node
 
 
-def selected_subnets(path: str) -> list[dict[str, Any] | None]:
-    """Per recorded mode, the subnet in its metadata (key ``subnet`` or ``subnet_config``), else None.
+def recorded_metadata(path: str) -> list[Any]:
+    """Per recorded mode, its metadata as plain JSON (tensors shown as ``"<tensor>"``, none loaded).
 
     Reads only the header's JSON (the file was already checked by ``inspect_checkpoint``).
     """
@@ -53,9 +53,16 @@ def selected_subnets(path: str) -> list[dict[str, Any] | None]:
     with safe_open(path, framework="pt") as handle:
         header = handle.metadata() or {}
     state = from_json(header.get("state", "{}"))
+    return [
+        _plain(entry.get("metadata")) if isinstance(entry, dict) else None
+        for entry in (state.get("modes", []) if isinstance(state, dict) else [])
+    ]
+
+
+def selected_subnets(path: str) -> list[dict[str, Any] | None]:
+    """Per recorded mode, the subnet in its metadata (key ``subnet`` or ``subnet_config``), else None."""
     out: list[dict[str, Any] | None] = []
-    for entry in state.get("modes", []) if isinstance(state, dict) else []:
-        metadata = _plain(entry.get("metadata")) if isinstance(entry, dict) else None
+    for metadata in recorded_metadata(path):
         subnet = None
         if isinstance(metadata, Mapping):
             subnet = next((metadata[k] for k in _SUBNET_KEYS if isinstance(metadata.get(k), Mapping)), None)
@@ -63,16 +70,39 @@ def selected_subnets(path: str) -> list[dict[str, Any] | None]:
     return out
 
 
-def _subnets_or_empty(info: CheckpointInfo) -> list[dict[str, Any] | None]:
+def _summary(name: str, config: dict[str, Any], metadata: Any) -> str | None:
+    """The mode plugin's one-line summary (``modeopt_summarize_metadata``), None without its plugin."""
+    from .plugins import get_plugin_manager
+    from .registry import get_mode, list_modes
+
+    if name not in list_modes() or not isinstance(metadata, Mapping):
+        return None
+    text = get_plugin_manager().hook.modeopt_summarize_metadata(mode=get_mode(name), config=config, metadata=metadata)
+    return str(text).replace("\n", " ") if text else None
+
+
+def _details(info: CheckpointInfo) -> tuple[list[dict[str, Any] | None], list[str | None]]:
+    """Per mode, its subnet and its plugin's summary (both best effort: the integrity verdict stands alone)."""
+    empty: list[Any] = [None] * len(info.modes)
     try:
+        metadata = recorded_metadata(info.path)
         subnets = selected_subnets(info.path)
-    except Exception as exc:  # the subnet is a nicety; the integrity verdict stands without it
-        _log.debug("could not read the subnet from %s: %s", info.path, exc)
-        return [None] * len(info.modes)
-    return subnets if len(subnets) == len(info.modes) else [None] * len(info.modes)
+    except Exception as exc:
+        _log.debug("could not read the recorded metadata of %s: %s", info.path, exc)
+        return empty, list(empty)
+    if len(metadata) != len(info.modes):
+        return empty, list(empty)
+    summaries: list[str | None] = []
+    for (name, config), meta in zip(info.modes, metadata):
+        try:
+            summaries.append(_summary(name, config, meta))
+        except Exception as exc:  # a plugin's summary must not break inspect
+            _log.debug("summary of mode %r failed: %s", name, exc)
+            summaries.append(None)
+    return subnets, summaries
 
 
-def _print_text(info: CheckpointInfo, subnets: list[dict[str, Any] | None]) -> None:
+def _print_text(info: CheckpointInfo, subnets: list[dict[str, Any] | None], summaries: list[str | None]) -> None:
     out = sys.stdout
     rows = [
         ("checkpoint", f"{info.path} ({format_bytes(info.file_bytes)}, {'intact' if info.intact else 'DAMAGED'})"),
@@ -85,10 +115,12 @@ def _print_text(info: CheckpointInfo, subnets: list[dict[str, Any] | None]) -> N
     ]
     for label, value in rows:
         out.write(f"{label:<12}{value}\n")
-    for i, ((name, config), subnet) in enumerate(zip(info.modes, subnets), start=1):
+    for i, ((name, config), subnet, summary) in enumerate(zip(info.modes, subnets, summaries), start=1):
         dist, version = info.plugin_versions.get(name, ("?", ""))
         origin = "registered explicitly" if dist == "<unregistered>" else f"{dist} {version}".strip()
         out.write(f"  {i}. {name}  [{origin}]\n")
+        if summary:
+            out.write(f"       summary: {summary}\n")
         out.write(wrap_pairs(summarise(config), "       ", "config: ") + "\n")
         if subnet is not None:
             out.write(wrap_pairs(format_pairs(flatten(subnet)), "       ", "subnet: ") + "\n")
@@ -112,14 +144,18 @@ def run(args: argparse.Namespace) -> int:
             print_json({"path": str(args.checkpoint), "intact": False, "diagnosis": diagnosis}, sys.stdout)
         sys.stderr.write(f"modeopt inspect: error: {diagnosis}\n")
         return 1
-    subnets: list[dict[str, Any] | None] = _subnets_or_empty(info) if info.intact else [None] * len(info.modes)
+    subnets: list[dict[str, Any] | None] = [None] * len(info.modes)
+    summaries: list[str | None] = [None] * len(info.modes)
+    if info.intact:
+        subnets, summaries = _details(info)
     if args.json:
         data = info.as_dict()
-        for entry, subnet in zip(data["modes"], subnets):
+        for entry, subnet, summary in zip(data["modes"], subnets, summaries):
             entry["subnet"] = subnet
+            entry["summary"] = summary
         print_json(data, sys.stdout)
     elif info.intact:
-        _print_text(info, subnets)
+        _print_text(info, subnets, summaries)
     if not info.intact:
         diagnosis = (info.diagnosis or "the file is damaged").replace("\n", " ")
         sys.stderr.write(f"modeopt inspect: error: {diagnosis}\n")

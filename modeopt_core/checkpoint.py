@@ -35,7 +35,7 @@ from ._model_io import Layout, layout_of, load_weights, meta_shadow, model_tenso
 from ._rollback import ModuleSnapshot
 from .conversion import applied_modes, modeopt_state, restore_from_modeopt_state, validate_modeopt_state
 from .errors import CheckpointError, ConvertError, ModeNotFoundError, ModeoptError
-from .registry import list_modes, mode_provider
+from .registry import get_mode, list_modes, mode_provider
 from .state import unwrap_model
 
 __all__ = ["FORMAT_NAME", "FORMAT_VERSION", "CheckpointInfo", "inspect_checkpoint", "restore", "save"]
@@ -254,13 +254,18 @@ def _restore_modes(model: nn.Module, state: dict[str, Any], ckpt: _Checkpoint, e
         if problem:
             raise CheckpointError(problem)
         return model
-    shadow: nn.Module | None
+    shadow: nn.Module | None = None
+    needs_data = [name for name in modes if not get_mode(name).supports_meta_restore]
     try:
-        shadow = restore_from_modeopt_state(meta_shadow(model), state)
+        if not needs_data:
+            shadow = restore_from_modeopt_state(meta_shadow(model), state, dry_run=True)
     except ConvertError as exc:
         if isinstance(exc.__cause__, ModeoptError) or exc.__cause__ is None:
             raise CheckpointError(f"{path}: restoring the recorded modes failed: {exc}") from exc
-        _log.info("a mode's restore needs real weights (%s); checking the fit on the model itself", exc)
+        _log.warning(
+            "the dry-run restore on a data-less (meta) copy failed (%s); checking the fit on the model itself. "
+            "A mode whose restore needs tensor data should declare supports_meta_restore = False", exc
+        )
         shadow = None
     except ModeoptError as exc:
         raise CheckpointError(f"{path}: restoring the recorded modes failed: {exc}") from exc

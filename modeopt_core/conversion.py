@@ -132,6 +132,8 @@ def apply_mode(
             if new_model is not current:
                 _set_state(current, None)
             current = new_model
+            if desc.is_export_mode:
+                _compact_closed(records, desc, dict(metadata or {}))
             records.append(ModeRecord(desc, config, dict(metadata or {})))
         new_state = get_state(current, create=True)
         assert new_state is not None
@@ -145,6 +147,21 @@ def apply_mode(
             raise
         raise ConvertError(f"applying mode(s) failed, model left unchanged: {type(exc).__name__}: {exc}") from exc
     return current
+
+
+def _compact_closed(records: list[ModeRecord], export_mode: ModeDescriptor, metadata: dict[str, Any]) -> None:
+    """Let an export mode replace the metadata of the mode it closes (see ``compact_closed_metadata``)."""
+    stack_before = export_stack([r.mode for r in records])
+    closed = stack_before[-1]  # check_chain guaranteed that this export closes the top of the stack
+    index = max(i for i, r in enumerate(records) if r.mode is closed)
+    compacted = export_mode.compact_closed_metadata(records[index].metadata, metadata)
+    if compacted is not None:
+        if not isinstance(compacted, Mapping):
+            raise ConvertError(
+                f"export mode {export_mode.name!r}: compact_closed_metadata must return a dict or None, "
+                f"got {type(compacted).__name__}"
+            )
+        records[index] = ModeRecord(records[index].mode, records[index].config, dict(compacted))
 
 
 def export(model: nn.Module) -> nn.Module:
@@ -205,8 +222,13 @@ def validate_modeopt_state(state: Mapping[str, Any]) -> list[tuple[ModeDescripto
     return out
 
 
-def restore_from_modeopt_state(model: nn.Module, state: Mapping[str, Any]) -> nn.Module:
-    """Re-run each recorded mode's ``restore`` on a fresh, unconverted model (weights not loaded)."""
+def restore_from_modeopt_state(model: nn.Module, state: Mapping[str, Any], *, dry_run: bool = False) -> nn.Module:
+    """Re-run each recorded mode's ``restore`` on a fresh, unconverted model (weights not loaded).
+
+    Args:
+        dry_run: tells the ``modeopt_restore`` hooks that this is the validation pass on a data-less
+            (``meta``-device) copy made by ``modeopt_core.restore`` (see the hook's docs).
+    """
     model = unwrap_model(model)
     entries = validate_modeopt_state(state)
     if get_state(model):
@@ -220,7 +242,9 @@ def restore_from_modeopt_state(model: nn.Module, state: Mapping[str, Any]) -> nn
     try:
         for desc, config, metadata in entries:
             metadata = copy.deepcopy(metadata)
-            new_model = hook.modeopt_restore(mode=desc, model=current, config=config, metadata=metadata)
+            new_model = hook.modeopt_restore(
+                mode=desc, model=current, config=config, metadata=metadata, dry_run=dry_run
+            )
             if not isinstance(new_model, nn.Module):
                 raise ConvertError(f"mode {desc.name!r} restore must return a module, got {type(new_model)}")
             current = new_model

@@ -37,6 +37,17 @@ def modeopt_register_modes(register: Callable[[ModeDescriptor], None]) -> None:
 
 
 @hookspec
+def modeopt_plugin_requires() -> list[str]:
+    """Names of the plugins this plugin needs registered first (entry-point names, e.g. ``["autonas"]``).
+
+    Called once, when the plugin is registered. Autoload then loads those plugins too, even when
+    ``MODEOPT_PLUGINS`` does not name them; a required plugin that is not installed (or fails to load,
+    or, with autoload off, was not registered first) makes this plugin fail to register with a
+    ``PluginError`` naming it, instead of failing later on a missing mode.
+    """
+
+
+@hookspec
 def modeopt_add_hookspecs(pluginmanager: pluggy.PluginManager) -> None:
     """Add a plugin's own hook specifications (``pluginmanager.add_hookspecs(module)``).
 
@@ -57,8 +68,26 @@ def modeopt_convert(
 
 
 @hookspec(firstresult=True)
-def modeopt_restore(mode: ModeDescriptor, model: nn.Module, config: ModeConfig, metadata: Metadata) -> nn.Module:
-    """Re-apply ``mode`` on a fresh model from recorded config and metadata; return the model."""
+def modeopt_restore(
+    mode: ModeDescriptor, model: nn.Module, config: ModeConfig, metadata: Metadata, dry_run: bool
+) -> nn.Module:
+    """Re-apply ``mode`` on a fresh model from recorded config and metadata; return the model.
+
+    ``modeopt_core.restore`` replays the recorded modes twice: first with ``dry_run=True`` on a
+    data-less copy of the model (parameters on the ``meta`` device), to check that the checkpoint fits
+    before the real model is touched, then with ``dry_run=False`` on the model itself. Wrappers that
+    count, log or time restores should act on the real pass only. A mode whose restore needs real
+    tensor data declares ``ModeDescriptor.supports_meta_restore = False``; the dry run is then skipped.
+    """
+
+
+@hookspec(firstresult=True)
+def modeopt_summarize_metadata(mode: ModeDescriptor, config: dict[str, Any], metadata: Metadata) -> str | None:
+    """A one-line summary of a recorded mode for ``modeopt inspect`` (None: let another plugin answer).
+
+    ``config`` is the recorded (JSON) config; ``metadata`` the decoded metadata (may hold tensors).
+    Called only for modes whose plugin is installed.
+    """
 
 
 @hookspec(firstresult=True)

@@ -147,6 +147,14 @@ class IterativeSearcher(BaseSearcher):
         """Whether a satisfied ``candidate`` replaces the current ``best``: strictly higher score."""
         return candidate["score"] > best["score"]
 
+    def was_evaluated(self, config: Mapping[str, Any]) -> bool:
+        """Whether ``config`` was already evaluated in this search (its result would be reused)."""
+        return candidate_key(config) in self._evaluated
+
+    def forget_evaluations(self) -> None:
+        """Empty the cache of evaluated candidates (e.g. after changing what a score means)."""
+        self._evaluated = {}
+
     def evaluate_constraints(self) -> ConstraintResult:
         """Check the constraints on the model as currently selected."""
         if not self.constraints:

@@ -66,6 +66,22 @@ class ModeDescriptor(ABC):
         """Whether the mode is recorded in saved state (False: it must be re-applied by hand)."""
         return True
 
+    @property
+    def supports_meta_restore(self) -> bool:
+        """Whether :meth:`restore` works on a model whose tensors are on the ``meta`` device (no data).
+
+        ``modeopt_core.restore`` first replays the recorded modes on such a data-less copy to check
+        that the checkpoint fits before touching the real model (the hook's ``dry_run`` pass). Return
+        False when restore must read tensor values; the check then runs on the real model, which is
+        rolled back if the checkpoint does not fit.
+        """
+        return True
+
+    @property
+    def next_modes_hint(self) -> str:
+        """Appended to chain errors about what may follow this mode (e.g. how plugins extend the list)."""
+        return ""
+
     @abstractmethod
     def convert(self, model: nn.Module, config: ModeConfig, **mode_kwargs: Any) -> tuple[nn.Module, Metadata]:
         """Apply the mode; return the (possibly new) model and JSON/tensor metadata to record.
@@ -83,6 +99,22 @@ class ModeDescriptor(ABC):
 
     def update_for_new_mode(self, model: nn.Module, config: ModeConfig, metadata: Metadata) -> None:
         """Update ``metadata`` in place right before another mode is applied on top."""
+
+    def compact_closed_metadata(self, closed_metadata: Metadata, metadata: Metadata) -> Metadata | None:
+        """Export modes only: a smaller replacement for the metadata of the mode this export closes.
+
+        Called by the core right after this export mode's :meth:`convert` (and its :meth:`restore`)
+        with the closed mode's recorded metadata and this mode's new metadata. Return None to keep it
+        (the default), or the metadata to record instead, e.g. without per-weight masks that are baked
+        into the exported weights. The closed mode's :meth:`restore` then receives the compacted
+        metadata on restore and must rebuild a model that this export mode's restore turns into the
+        saved one (``docs/writing-a-plugin.md`` has a worked example).
+        """
+        return None
+
+    def summarize(self, config: dict[str, Any], metadata: Metadata) -> str | None:
+        """A one-line summary of a recorded use of this mode for ``modeopt inspect`` (None: no summary)."""
+        return None
 
     def __str__(self) -> str:
         return self.name

@@ -75,7 +75,7 @@ class ModeRegistry:
             hint = f" Did you mean {close[0]!r}?" if close else ""
             raise ModeNotFoundError(
                 f"unknown mode {key!r}.{hint} Available modes: {available or 'none'}. "
-                "Modes come from installed plugins (`modeopt plugins` lists them)."
+                "Modes come from installed plugins (`modeopt plugins` lists them)." + _failure_note()
             )
         return entry.mode
 
@@ -101,6 +101,14 @@ class ModeRegistry:
         """Name of the plugin that provides mode ``name``."""
         self._refresh()
         return self._entries[name].plugin
+
+
+def _failure_note() -> str:
+    failures = plugins.plugin_failures()
+    if not failures:
+        return ""
+    listed = "; ".join(f"{f.name!r} ({f.distribution} {f.version}): {f.error}".replace(" )", ")") for f in failures)
+    return f" Installed plugins that failed to load (one of them may provide it): {listed}"
 
 
 def _describe(plugin_name: str) -> str:

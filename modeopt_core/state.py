@@ -12,6 +12,7 @@ from torch import nn
 from .config import ModeConfig
 from .errors import ModeChainError, StateError
 from .mode import Metadata, ModeDescriptor
+from .registry import _REGISTRY
 
 __all__ = ["ModeRecord", "ModeoptStateList", "check_chain", "export_stack", "get_state", "unwrap_model"]
 
@@ -101,13 +102,16 @@ def export_stack(modes: Sequence[ModeDescriptor]) -> list[ModeDescriptor]:
 
 def _allowed_after(prev: ModeDescriptor, new: ModeDescriptor, why: str) -> None:
     nxt = prev.next_modes
+    hint = f"; {prev.next_modes_hint}" if prev.next_modes_hint else ""
     if nxt is not None and new.name not in nxt:
-        allowed = sorted(nxt) if nxt else "nothing"
-        raise ModeChainError(f"cannot apply {new.name!r} {why} {prev.name!r}: only {allowed} may follow it")
+        # Only name what can be applied now: a mode of a plugin that is not installed is no advice.
+        available = sorted(n for n in nxt if n in _REGISTRY)
+        allowed = f"only {available} may follow it" if available else "no available mode may follow it"
+        raise ModeChainError(f"cannot apply {new.name!r} {why} {prev.name!r}: {allowed}{hint}")
     if new.name in prev.next_prohibited_modes:
         raise ModeChainError(
             f"cannot apply {new.name!r} {why} {prev.name!r}: {prev.name!r} prohibits it "
-            f"(prohibited: {sorted(prev.next_prohibited_modes)})"
+            f"(prohibited: {sorted(prev.next_prohibited_modes)}){hint}"
         )
 
 

@@ -25,7 +25,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import modeopt_autonas as mtn
 import modeopt_core as mo
-from modeopt_autonas.dynamic import is_dynamic
+from modeopt_autonas.space.dynamic import is_dynamic
 from tests.autonas._zoo_cases import ZOO, build, zoo_input
 
 # Subnets are evaluated without re-estimating batch-norm statistics: that is what the warning is

@@ -26,7 +26,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 import modeopt_core as mo
 from modeopt_autonas import EvolveSearcher, RandomSearcher, get_subnet_config, recalibrate_bn, select
-from modeopt_autonas.modes import get_search_space
+from modeopt_autonas.space import get_search_space
 from modeopt_core import distributed
 from modeopt_fastnas.digits import DigitsResNet
 

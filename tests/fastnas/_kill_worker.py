@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 import modeopt_core as mo
-from modeopt_autonas.modes import get_search_space
+from modeopt_autonas.space import get_search_space
 from modeopt_fastnas import OutputAgreement, prune, random_inputs
 from tests.fastnas._models import INPUT_SHAPE, batches, tiny_cnn
 

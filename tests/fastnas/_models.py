@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from modeopt_autonas.modes import get_search_space
+from modeopt_autonas.space import get_search_space
 
 INPUT_SHAPE = (1, 3, 8, 8)
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import modeopt_core as mo
-from modeopt_autonas.modes import get_search_space, has_search_space
+from modeopt_autonas.space import get_search_space, has_search_space
 from modeopt_fastnas import OutputAgreement, prune, random_inputs
 from tests.fastnas._models import INPUT_SHAPE, WidthScore, tiny_cnn
 

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import modeopt_core as mo
-from modeopt_autonas.modes import get_search_space
+from modeopt_autonas.space import get_search_space
 from modeopt_fastnas import DEFAULT_RATIOS, FastNASConfig, prune
 from modeopt_fastnas.digits import DigitsResNet
 

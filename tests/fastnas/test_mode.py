@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 import modeopt_core as mo
-from modeopt_autonas.modes import get_search_space
+from modeopt_autonas.space import get_search_space
 from modeopt_fastnas import BinarySearcher, FastNASConfig, FastNASMode
 from tests.fastnas._models import INPUT_SHAPE, tiny_cnn
 

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 import modeopt_core as mo
-from modeopt_autonas.modes import get_search_space
-from modeopt_autonas.profile import SubnetProfiler
+from modeopt_autonas.space import get_search_space
+from modeopt_autonas.space.profile import SubnetProfiler
 from modeopt_core.calibration import CalibrationError, recalibrate_batchnorm
 from modeopt_fastnas import prune
 from tests.fastnas._models import INPUT_SHAPE, WidthScore, batches, tiny_cnn

@@ -1,5 +1,11 @@
 """AutoNAS for modeopt: turn a model into a supernet, train it, search a subnet, export it.
 
+Two layers live in this distribution. :mod:`modeopt_autonas.space` is the NAS search space (dynamic
+modules, tied-channel analysis, ``select``/``sample``/``export_nas``, profiling) that FastNAS and
+third-party modes build on; its names are re-exported here. The AutoNAS algorithm on top of it
+(``autonas`` mode, supernet sampling, evolutionary/random search) is imported lazily, on first use of
+one of its names, so that ``import modeopt_autonas`` (or FastNAS) does not load it.
+
 Typical use (see ``docs/autonas.md``)::
 
     import modeopt_core as mo
@@ -14,9 +20,28 @@ Typical use (see ``docs/autonas.md``)::
 
 from __future__ import annotations
 
-from .analysis import AnalysisInputError, analyze
-from .api import (
+import importlib as _importlib
+import typing as _typing
+
+from . import space
+from .space import (
+    AnalysisInputError,
+    ChannelRule,
+    DepthRule,
+    ExportConfig,
+    ExportNASMode,
+    FeatureRule,
+    HparamValueError,
+    SearchSpace,
+    SearchSpaceError,
+    SpaceExportedError,
+    StructureMismatchError,
+    SubnetConfigError,
+    SubnetProfiler,
+    analyze,
+    get_search_space,
     get_subnet_config,
+    has_search_space,
     print_search_space,
     profile_search_space,
     profile_subnet,
@@ -25,13 +50,23 @@ from .api import (
     search_space_size,
     select,
 )
-from .config import AutoNASConfig, ChannelRule, DepthRule, ExportConfig, FeatureRule
-from .errors import HparamValueError, SearchSpaceError, SpaceExportedError, StructureMismatchError, SubnetConfigError
-from .modes import AutoNASMode, ExportNASMode, get_search_space, has_search_space
-from .profile import SubnetProfiler
-from .searchers import EvolveSearcher, NASSearcher, RandomSearcher
-from .space import SearchSpace
-from .training import SAMPLING_SCHEDULES, StaleBatchNormWarning, pause_sampling
+
+if _typing.TYPE_CHECKING:
+    from .modes import AutoNASConfig, AutoNASMode
+    from .searchers import EvolveSearcher, NASSearcher, RandomSearcher
+    from .training import SAMPLING_SCHEDULES, StaleBatchNormWarning, pause_sampling
+
+#: the AutoNAS algorithm's public names -> the module defining them (imported on first access)
+_LAZY = {
+    "AutoNASConfig": "modes",
+    "AutoNASMode": "modes",
+    "EvolveSearcher": "searchers",
+    "NASSearcher": "searchers",
+    "RandomSearcher": "searchers",
+    "SAMPLING_SCHEDULES": "training",
+    "StaleBatchNormWarning": "training",
+    "pause_sampling": "training",
+}
 
 __all__ = [
     "SAMPLING_SCHEDULES",
@@ -66,4 +101,18 @@ __all__ = [
     "sample",
     "search_space_size",
     "select",
+    "space",
 ]
+
+
+def __getattr__(name: str) -> _typing.Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(_importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -1,4 +1,4 @@
-"""Entry point of the AutoNAS plugin (group ``modeopt.plugins``): its modes and extension hooks."""
+"""Entry point of the AutoNAS plugin (group ``modeopt.plugins``): its modes and the search space's hooks."""
 
 from __future__ import annotations
 
@@ -9,24 +9,24 @@ import pluggy
 
 from modeopt_core import hookimpl
 
-from . import hookspecs
-from .layers import LAYERS
-from .modes import AutoNASMode, ExportNASMode
+from .space import LAYERS, ExportNASMode, LayerType
+from .space import hookspecs as space_hookspecs
 
 
-def _register_layer(layer_cls: type, spec_fn: Callable[..., Any], dynamic_cls: type) -> None:
-    LAYERS.register_spec(layer_cls, spec_fn)
-    LAYERS.register_dynamic(layer_cls, dynamic_cls)
+def _register_layer(layer_type: LayerType) -> None:
+    LAYERS.register(layer_type)
 
 
 @hookimpl
 def modeopt_register_modes(register: Callable[[Any], None]) -> None:
+    from .modes import AutoNASMode
+
     register(AutoNASMode())
     register(ExportNASMode())
 
 
 @hookimpl
 def modeopt_add_hookspecs(pluginmanager: pluggy.PluginManager) -> None:
-    pluginmanager.add_hookspecs(hookspecs)
+    pluginmanager.add_hookspecs(space_hookspecs)
     # Historic: plugins registered later still get to add their layers.
     pluginmanager.hook.modeopt_autonas_register_layers.call_historic(kwargs={"register": _register_layer})

@@ -25,15 +25,25 @@ from typing import Any, ClassVar
 import torch
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from modeopt_core.calibration import DEFAULT_MIN_CALIBRATION_BATCHES, CalibrationError, recalibrate_batchnorm
-from modeopt_core.constraints import ModelProfiler, unpack_dummy_input
-from modeopt_core.errors import ConfigError, ConstraintError, SearchError
-from modeopt_core.search_config import candidate_key, check_bool, check_float, check_int
-from modeopt_core.searcher import IterativeSearcher, SearchConfig
+from modeopt_core import (
+    CalibrationError,
+    ConfigError,
+    ConstraintError,
+    IterativeSearcher,
+    ModelProfiler,
+    SearchError,
+    recalibrate_batchnorm,
+)
+from modeopt_core.sdk import (
+    DEFAULT_MIN_CALIBRATION_BATCHES,
+    SearchConfig,
+    check_bool,
+    check_float,
+    check_int,
+    unpack_dummy_input,
+)
 
-from .modes import get_search_space
-from .profile import SubnetProfiler
-from .space import SearchSpace
+from .space import SearchSpace, SubnetProfiler, get_search_space
 from .training import _bypass, _has_tracked_batchnorm, supernet_sampler
 
 __all__ = ["EvolveSearcher", "NASSearcher", "RandomSearcher"]
@@ -134,7 +144,7 @@ class NASSearcher(IterativeSearcher):
         """Up to ``sample_tries`` proposals until one fits the constraints and is unseen; select it."""
         config = self.propose()
         for _ in range(self.config["sample_tries"] - 1):
-            if self._fits(config) and candidate_key(config) not in self._evaluated:
+            if self._fits(config) and not self.was_evaluated(config):
                 break
             config = self.propose()
         self.select(config)

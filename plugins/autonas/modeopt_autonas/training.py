@@ -17,19 +17,22 @@ instead of evaluating silently with wrong statistics.
 
 from __future__ import annotations
 
+import os
 import random
+import sys
+import types
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from typing import Any
 
+import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from modeopt_core import ConfigError, unwrap_model
 
-from .errors import SpaceExportedError
-from .space import SearchSpace
+from .space import SearchSpace, SpaceExportedError
 
 __all__ = [
     "SAMPLING_SCHEDULES",
@@ -54,9 +57,11 @@ def _has_tracked_batchnorm(model: nn.Module) -> bool:
 
 
 class _SupernetSampler:
-    """Per-model sampling state (kept in the model's ``__dict__``, so ``deepcopy`` copies it along)."""
+    """Per-model sampling state and the space's :class:`~modeopt_autonas.space.SubnetDriver` (kept in the
+    model's ``__dict__``, so ``deepcopy`` copies it along)."""
 
-    def __init__(self, space: SearchSpace, schedule: str, seed: int) -> None:
+    def __init__(self, model: nn.Module, space: SearchSpace, schedule: str, seed: int) -> None:
+        self.model = model
         self.space = space
         self.schedule = schedule
         self.seed = seed
@@ -94,6 +99,25 @@ class _SupernetSampler:
         """The batch-norm statistics were just re-estimated for the active subnet."""
         self.calibrated_for = self.space.config()
 
+    @contextmanager
+    def paused(self) -> Iterator[None]:
+        """Inside the block the hook does nothing: the caller manages subnets and statistics (searchers)."""
+        self.settle()
+        self.bypass += 1
+        try:
+            yield
+        finally:
+            self.bypass -= 1
+
+    def detach(self) -> None:
+        """Remove the sampling hook from the model; the user's selection (not a sampled subnet) stays."""
+        self.model.__dict__.pop(_ATTR, None)
+        with suppress(SpaceExportedError):  # exported already: nothing left to settle
+            self.settle()
+        hooks = self.model._forward_pre_hooks
+        for key in [k for k, hook in hooks.items() if hook is _pre_forward]:
+            del hooks[key]
+
     # ---- forward hook -----------------------------------------------------------------------------
     def _draw(self) -> dict[str, int]:
         mode = _SANDWICH[self.steps % 3] if self.schedule == "sandwich" else "random"
@@ -128,8 +152,22 @@ class _SupernetSampler:
                 f"evaluating a subnet whose batch-norm running statistics belong to {why}; its outputs "
                 "are inaccurate until modeopt_autonas.recalibrate_bn(model, data_loader) re-estimates them",
                 StaleBatchNormWarning,
-                stacklevel=5,
+                stacklevel=_caller_stacklevel(),
             )
+
+
+_LIBRARY_DIRS = tuple(
+    os.path.dirname(m.__file__) + os.sep for m in (torch, sys.modules[__name__.partition(".")[0]]) if m.__file__
+)
+
+
+def _caller_stacklevel() -> int:
+    """The ``stacklevel`` of the first frame outside torch and this package (the user's forward call)."""
+    frame: types.FrameType | None = sys._getframe(1)
+    level = 1
+    while frame is not None and frame.f_code.co_filename.startswith(_LIBRARY_DIRS):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 def _pre_forward(module: nn.Module, args: Any) -> None:
@@ -155,19 +193,22 @@ def install_supernet_sampling(model: nn.Module, space: SearchSpace, schedule: st
     if space.model is not model:
         raise ConfigError("install_supernet_sampling needs the search space of this very model")
     uninstall_supernet_sampling(model)
-    model.__dict__[_ATTR] = _SupernetSampler(space, schedule, seed)
+    sampler = _SupernetSampler(model, space, schedule, seed)
+    model.__dict__[_ATTR] = sampler
+    space.attach_driver(sampler)
     # A module-level function (not a closure): deepcopy and checkpoint shadows keep a working hook.
     model.register_forward_pre_hook(_pre_forward)
 
 
 def uninstall_supernet_sampling(model: nn.Module) -> None:
     """Remove the sampling hook; the user's selection (not an auto-sampled subnet) stays active."""
-    sampler = model.__dict__.pop(_ATTR, None)
-    if sampler is not None:
-        with suppress(SpaceExportedError):  # exported already: nothing left to settle
-            sampler.settle()
-    for key in [k for k, hook in model._forward_pre_hooks.items() if hook is _pre_forward]:
-        del model._forward_pre_hooks[key]
+    sampler = model.__dict__.get(_ATTR)
+    if sampler is None:
+        return
+    if sampler.space.driver is sampler:
+        sampler.space.detach_driver()
+    else:
+        sampler.detach()
 
 
 @contextmanager
@@ -192,9 +233,5 @@ def _bypass(model: nn.Module) -> Iterator[_SupernetSampler | None]:
     if sampler is None:
         yield None
         return
-    sampler.settle()
-    sampler.bypass += 1
-    try:
+    with sampler.paused():
         yield sampler
-    finally:
-        sampler.bypass -= 1

@@ -9,6 +9,7 @@ and bisects over a drop threshold until the analytic FLOPs/params meet the budge
 from __future__ import annotations
 
 from .api import prune
+from .compat import FastNASModeDescriptor, FastNASPatchManager, convert_fastnas_searchspace, restore_fastnas_searchspace
 from .config import DEFAULT_RATIOS, FastNASChannelRule, FastNASConfig, FastNASFeatureRule
 from .mode import FastNASMode
 from .scores import OutputAgreement, random_inputs
@@ -22,7 +23,11 @@ __all__ = [
     "FastNASConfig",
     "FastNASFeatureRule",
     "FastNASMode",
+    "FastNASModeDescriptor",
+    "FastNASPatchManager",
     "OutputAgreement",
+    "convert_fastnas_searchspace",
     "prune",
     "random_inputs",
+    "restore_fastnas_searchspace",
 ]

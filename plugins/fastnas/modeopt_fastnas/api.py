@@ -7,9 +7,8 @@ from typing import Any
 
 from torch import nn
 
-from modeopt_autonas.modes import has_search_space
-from modeopt_core import applied_modes, apply_mode, search
-from modeopt_core.constraints import Constraints
+from modeopt_autonas.space import has_search_space
+from modeopt_core import Constraints, applied_modes, apply_mode, search
 
 __all__ = ["prune"]
 

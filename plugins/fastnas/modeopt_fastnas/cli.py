@@ -14,8 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from modeopt_core import ConfigError, export
-from modeopt_core.checkpoint import save
+from modeopt_core import ConfigError, export, save
 
 __all__ = ["DEMO_HELP", "PRUNE_HELP", "configure_demo", "configure_prune", "run_demo", "run_prune"]
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field
 
-from modeopt_autonas.config import ChannelRule, FeatureRule, NASRuleConfig, nas_rules
+from modeopt_autonas.space import ChannelRule, FeatureRule, NASRuleConfig, nas_rules
 from modeopt_core import make_rule_config
 
 __all__ = [

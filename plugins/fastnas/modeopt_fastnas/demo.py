@@ -20,11 +20,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from modeopt_autonas.modes import get_search_space
-from modeopt_core import export
-from modeopt_core.calibration import make_forward_loop, recalibrate_batchnorm
-from modeopt_core.checkpoint import restore, save
-from modeopt_core.constraints import ForwardProfiler
+from modeopt_autonas.space import get_search_space
+from modeopt_core import ForwardProfiler, export, make_forward_loop, recalibrate_batchnorm, restore, save
 
 from .api import prune
 from .digits import DigitsResNet, accuracy, digits_loaders, train_epochs

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from modeopt_autonas.modes import NASModeBase
+from modeopt_autonas.space import NASModeBase
 from modeopt_core import ModeConfig
 
 from .config import FastNASConfig

@@ -11,6 +11,12 @@ from .mode import FastNASMode
 
 
 @hookimpl
+def modeopt_plugin_requires() -> list[str]:
+    # the search space (and the export_nas mode that closes fastnas) comes with the AutoNAS plugin
+    return ["autonas"]
+
+
+@hookimpl
 def modeopt_register_modes(register: Callable[[Any], None]) -> None:
     register(FastNASMode())
 

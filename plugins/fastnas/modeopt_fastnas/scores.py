@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from modeopt_core import ConfigError
-from modeopt_core.constraints import run_with_dummy_input
+from modeopt_core.sdk import run_with_dummy_input
 
 __all__ = ["OutputAgreement", "random_inputs"]
 

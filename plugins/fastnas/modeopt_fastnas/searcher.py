@@ -30,17 +30,24 @@ from typing import Any
 import torch
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from modeopt_autonas.hparam import Hparam
-from modeopt_autonas.modes import get_search_space
-from modeopt_autonas.profile import SubnetProfiler
-from modeopt_autonas.space import SearchSpace
-from modeopt_core import distributed
-from modeopt_core.calibration import DEFAULT_MIN_CALIBRATION_BATCHES, make_forward_loop, recalibrate_batchnorm
-from modeopt_core.constraints import ModelProfiler, unpack_dummy_input
-from modeopt_core.errors import ConfigError, ConstraintError
-from modeopt_core.progress import progress
-from modeopt_core.search_config import check_float, check_int
-from modeopt_core.searcher import IterativeSearcher, SearchConfig
+from modeopt_autonas.space import Hparam, SearchSpace, SubnetProfiler, get_search_space
+from modeopt_core import (
+    ConfigError,
+    ConstraintError,
+    IterativeSearcher,
+    ModelProfiler,
+    distributed,
+    make_forward_loop,
+    recalibrate_batchnorm,
+)
+from modeopt_core.sdk import (
+    DEFAULT_MIN_CALIBRATION_BATCHES,
+    SearchConfig,
+    check_float,
+    check_int,
+    progress,
+    unpack_dummy_input,
+)
 
 from ._sharded_sensitivity import sharded_sensitivity_map
 from .sensitivity import PruningKey, monotone_drops, pruning_keys, subnet_for_threshold, threshold_candidates
@@ -170,8 +177,14 @@ class BinarySearcher(IterativeSearcher):
         if self.dummy_input is None:
             return None
         args, kwargs = unpack_dummy_input(self.dummy_input)
-        self._profiler = SubnetProfiler(self.space, *args, **kwargs)
+        with self.space.driver_paused():
+            self._profiler = SubnetProfiler(self.space, *args, **kwargs)
         return self._profiler
+
+    @property
+    def sensitivity_map(self) -> dict[str, dict[int, float]]:
+        """``{hparam: {choice: score drop}}`` of the mapped hparams, monotone (ModelOpt's attribute name)."""
+        return {n: monotone_drops(raw) for n, raw in getattr(self, "sensitivity_raw", {}).items()}
 
     def _space(self) -> SearchSpace:
         assert self.space is not None  # set by make_profiler, which search() calls first
@@ -221,7 +234,7 @@ class BinarySearcher(IterativeSearcher):
         super().load_state_dict(state)
         self.iter_num, self.history, self.best, self.stopped_early = 0, [], None, False
         self.thresholds_visited = []
-        self._evaluated = {}
+        self.forget_evaluations()
 
     # ----------------------------------------------------------------- lifecycle
     def before_search(self) -> None:
@@ -312,15 +325,20 @@ class BinarySearcher(IterativeSearcher):
 
     def _calibrate(self) -> None:
         assert self.forward_loop is not None
-        self._calibration_batches = recalibrate_batchnorm(
-            self.model, self.forward_loop, min_batches=self.config["min_calibration_batches"], strict=True
-        )
+        space = self._space()
+        with space.driver_paused():  # the searcher manages the statistics itself
+            self._calibration_batches = recalibrate_batchnorm(
+                self.model, self.forward_loop, min_batches=self.config["min_calibration_batches"], strict=True
+            )
+        if space.driver is not None:
+            space.driver.note_calibrated()
 
     def _measure_score(self) -> float:
         """The real score of the model as currently selected (after BN re-estimation when configured)."""
         if self._bn_mode == "each":
             self._calibrate()
-        score = super().eval_score()
+        with self._space().driver_paused():
+            score = super().eval_score()
         self.num_score_evals += 1
         self._evals_this_run += 1
         return score

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from torch import nn
 
-from modeopt_autonas.analysis import AnalysisResult
-from modeopt_autonas.structure import ROLES, SpaceStructure
+from modeopt_autonas.space.analysis import AnalysisResult
+from modeopt_autonas.space.structure import ROLES, SpaceStructure
 
 _WIDTH_ATTRS = {
     "out": ("out_channels", "out_features"),

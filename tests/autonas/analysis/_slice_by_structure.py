@@ -17,8 +17,8 @@ from collections import defaultdict
 import torch
 from torch import nn
 
-from modeopt_autonas.layers import LAYERS
-from modeopt_autonas.structure import Binding, SpaceStructure
+from modeopt_autonas.space.layers import LAYERS
+from modeopt_autonas.space.structure import Binding, SpaceStructure
 
 
 def pick_widths(model: nn.Module, structure: SpaceStructure, rng: random.Random) -> dict[int, int]:

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from torchvision import models
 
-from modeopt_autonas.analysis import AnalysisResult, analyze
+from modeopt_autonas.space.analysis import AnalysisResult, analyze
 
 #: Constructor arguments that avoid torchvision's "init_weights will change" warnings.
 _KWARGS: dict[str, dict[str, Any]] = {

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from modeopt_autonas.analysis import analyze
+from modeopt_autonas.space.analysis import analyze
 
 from . import _models as M
 from ._zoo import analyzed

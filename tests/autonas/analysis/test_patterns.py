@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from modeopt_autonas.analysis import analyze
+from modeopt_autonas.space.analysis import analyze
 
 from . import _models as M
 from ._checks import assert_consistent

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from modeopt_autonas.analysis import analyze
+from modeopt_autonas.space.analysis import analyze
 
 from . import _models as M
 from ._checks import assert_consistent

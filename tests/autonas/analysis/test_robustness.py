@@ -9,9 +9,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from modeopt_autonas.analysis import AnalysisInputError, analyze
-from modeopt_autonas.errors import SearchSpaceError
-from modeopt_autonas.layers import LayerRegistry, LayerSpec
+from modeopt_autonas.space.analysis import AnalysisInputError, analyze
+from modeopt_autonas.space.errors import SearchSpaceError
+from modeopt_autonas.space.layers import LayerRegistry, LayerSpec, LayerType
 
 from . import _models as M
 from ._checks import assert_consistent
@@ -162,7 +162,7 @@ def test_frozen_glob_keeps_widths_and_covers_containers():
 
 
 def test_unmatched_glob_is_logged(caplog):
-    with caplog.at_level(logging.WARNING, logger="modeopt_autonas.analysis"):
+    with caplog.at_level(logging.WARNING, logger="modeopt_autonas.space.analysis"):
         analyze(M.FlattenNet(), frozen_modules=["no_such_module*"])
     assert "matches no module" in caplog.text
 
@@ -184,7 +184,7 @@ def test_non_module_raises_a_typed_error():
 
 def test_custom_registry_decides_what_is_a_layer():
     layers = LayerRegistry()
-    layers.register_spec(nn.Conv2d, lambda m: LayerSpec("producer", 1, 1))
+    layers.register(LayerType(nn.Conv2d, lambda m: LayerSpec("producer", 1, 1)))
     model = nn.Sequential(nn.Conv2d(3, 8, 1), nn.BatchNorm2d(8), nn.Conv2d(8, 4, 1), nn.Conv2d(4, 2, 1))
     result = analyze(model, layers=layers)
     assert not result.report.group_of("0.out").searchable  # BatchNorm2d is not a layer here: opaque
@@ -195,7 +195,7 @@ def test_custom_registry_decides_what_is_a_layer():
 
 def test_frozen_reason_of_a_spec_freezes_its_groups():
     layers = LayerRegistry()
-    layers.register_spec(nn.Conv2d, lambda m: LayerSpec("producer", 1, 1, frozen_reason="pinned for the test"))
+    layers.register(LayerType(nn.Conv2d, lambda m: LayerSpec("producer", 1, 1, frozen_reason="pinned for the test")))
     result = analyze(nn.Sequential(nn.Conv2d(3, 8, 1), nn.Conv2d(8, 2, 1)), layers=layers)
     assert all(not g.searchable for g in result.structure.groups)
     assert "0: pinned for the test" in result.report.group_of("0.out").reasons
@@ -245,7 +245,7 @@ def test_forward_flags_with_defaults_are_traced_as_constants():
 
 
 def test_an_internal_error_on_one_node_freezes_around_it_instead_of_raising(monkeypatch, caplog):
-    from modeopt_autonas.analysis import dispatch
+    from modeopt_autonas.space.analysis import dispatch
 
     real = dispatch.call_method
 
@@ -265,7 +265,7 @@ def test_an_internal_error_on_one_node_freezes_around_it_instead_of_raising(monk
             return self.c(self.b(self.a(x).contiguous()))
 
     monkeypatch.setattr(dispatch, "call_method", flaky)
-    with caplog.at_level(logging.WARNING, logger="modeopt_autonas.analysis"):
+    with caplog.at_level(logging.WARNING, logger="modeopt_autonas.space.analysis"):
         result = analyze(UsesContiguous())
     assert "simulated bug" in caplog.text
     assert result.report.group_of("a.out").reasons[0].startswith("analysis error in Tensor.contiguous")

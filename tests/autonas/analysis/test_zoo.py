@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from modeopt_autonas.layers import LAYERS
+from modeopt_autonas.space.layers import LAYERS
 
 from ._checks import assert_consistent
 from ._zoo import analyzed

@@ -8,7 +8,7 @@ from torch import nn
 from torchvision import models
 from torchvision.models.convnext import CNBlockConfig
 
-from modeopt_autonas.analysis import analyze
+from modeopt_autonas.space.analysis import analyze
 
 from ._checks import assert_consistent
 from ._slice_by_structure import check_slicing

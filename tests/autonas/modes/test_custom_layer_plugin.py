@@ -14,51 +14,9 @@ from torch import nn
 
 import modeopt_autonas as mtn
 import modeopt_core as mo
-from modeopt_autonas.dynamic import DynamicModule, attr_view, param_view
-from modeopt_autonas.layers import LAYERS, LayerSpec
-from modeopt_core.checkpoint import restore, save
-
-
-class ScaledLinear(nn.Module):
-    """A bias-free linear layer with a learnt per-output scale (not a torch layer)."""
-
-    def __init__(self, in_features: int, out_features: int) -> None:
-        super().__init__()
-        self.in_features, self.out_features = in_features, out_features
-        self.weight = nn.Parameter(torch.randn(out_features, in_features) / in_features**0.5)
-        self.scale = nn.Parameter(torch.rand(out_features) + 0.5)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return nn.functional.linear(x, self.weight) * self.scale
-
-
-class DynamicScaledLinear(DynamicModule, ScaledLinear):
-    """Its dynamic version: ``out`` slices weight rows and scale, ``in`` slices weight columns."""
-
-    _dyn_role_attrs = {"out": "out_features", "in": "in_features"}
-    _dyn_rule_keys = ("features_ratio", "feature_divisor")  # follows the nn.Linear rules
-    weight = param_view("weight")
-    scale = param_view("scale")
-    out_features = attr_view("out_features")
-    in_features = attr_view("in_features")
-
-    @staticmethod
-    def full_width(module: nn.Module, role: str) -> int:
-        return int(module.out_features if role == "out" else module.in_features)
-
-    def _dyn_layout(self) -> dict[str, tuple[tuple[str, int], ...]]:
-        return {"out": (("weight", 0), ("scale", 0)), "in": (("weight", 1),)}
-
-    def channel_weight(self, role: str) -> tuple[str, int]:
-        return ("weight", 0 if role == "out" else 1)
-
-    def _dyn_attrs(self) -> dict[str, Any]:
-        d = self.__dict__
-        dims = d["_dyn_dims"]
-        return {
-            "out_features": dims["out"].width() if "out" in dims else d["out_features"],
-            "in_features": dims["in"].width() if "in" in dims else d["in_features"],
-        }
+from modeopt_autonas.space import LAYERS
+from modeopt_core import restore, save
+from tests.autonas._custom_layer import SCALED_LINEAR, ScaledLinear
 
 
 class ScaledMLP(nn.Module):
@@ -78,7 +36,7 @@ def scaled_linear_plugin() -> Iterator[None]:
 
     @mo.hookimpl
     def modeopt_autonas_register_layers(register: Any) -> None:
-        register(ScaledLinear, lambda m: LayerSpec("producer", -1, -1), DynamicScaledLinear)
+        register(SCALED_LINEAR)
 
     plugin.modeopt_autonas_register_layers = modeopt_autonas_register_layers  # type: ignore[attr-defined]
     name = mo.register_plugin(plugin, name="scaled-linear")
@@ -138,16 +96,16 @@ def test_custom_layer_follows_linear_rules_and_their_globs(scaled_linear_plugin:
 
 
 def test_the_docs_plugin_example_registers_a_searchable_layer() -> None:
-    """The custom-layer example of docs/autonas.md runs as written."""
+    """The custom-layer example of docs/writing-a-plugin.md runs as written."""
     import re
 
-    docs = Path(__file__).resolve().parents[3] / "docs" / "autonas.md"
+    docs = Path(__file__).resolve().parents[3] / "docs" / "writing-a-plugin.md"
     blocks = re.findall(r"```python\n(.*?)```", docs.read_text(), flags=re.DOTALL)
     (code,) = [b for b in blocks if "modeopt_autonas_register_layers" in b and "class Dynamic" in b]
     module = types.ModuleType("docs_autonas_plugin")
     sys.modules[module.__name__] = module
     try:
-        exec(compile(code, "<docs/autonas.md>", "exec"), module.__dict__)
+        exec(compile(code, "<docs/writing-a-plugin.md>", "exec"), module.__dict__)
         name = mo.register_plugin(module, name="docs-autonas-plugin")
         try:
             torch.manual_seed(0)

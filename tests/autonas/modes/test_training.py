@@ -11,7 +11,7 @@ from torch import nn
 
 import modeopt_autonas as mtn
 import modeopt_core as mo
-from modeopt_autonas.dynamic import is_dynamic
+from modeopt_autonas.space.dynamic import is_dynamic
 from modeopt_core.calibration import CalibrationError, recalibrate_batchnorm
 from modeopt_core.errors import ConfigError
 

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from modeopt_autonas.space import SearchSpace
-from modeopt_autonas.structure import SpaceStructure
+from modeopt_autonas.space.structure import SpaceStructure
 
 from ._structures import StructureBuilder
 

@@ -7,7 +7,7 @@ from typing import Any
 
 from torch import nn
 
-from modeopt_autonas.structure import Binding, ChannelGroup, DepthSpec, Segment, SpaceStructure
+from modeopt_autonas.space.structure import Binding, ChannelGroup, DepthSpec, Segment, SpaceStructure
 
 
 class StructureBuilder:

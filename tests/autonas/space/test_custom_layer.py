@@ -1,4 +1,4 @@
-"""A third-party layer type made searchable with a LayerSpec + dynamic class pair."""
+"""A third-party layer type made searchable with one LayerType record (spec + dynamic class + rules)."""
 
 from __future__ import annotations
 
@@ -8,60 +8,16 @@ import pytest
 import torch
 from torch import nn
 
-from modeopt_autonas.dynamic import DynamicModule, attr_view, param_view
-from modeopt_autonas.errors import DynamicAttributeError
-from modeopt_autonas.layers import LAYERS, LayerSpec
-from modeopt_autonas.profile import SubnetProfiler
-from modeopt_autonas.space import SearchSpace
+from modeopt_autonas.space import LAYERS, DynamicAttributeError, SearchSpace, SubnetProfiler
+from tests.autonas._custom_layer import SCALED_LINEAR, ScaledLinear
 
 from ._structures import StructureBuilder, make_rules
 from .test_profile import measured
 
 
-class ScaledLinear(nn.Module):
-    """A linear layer without bias and with a learnt per-output scale."""
-
-    def __init__(self, in_features: int, out_features: int) -> None:
-        super().__init__()
-        self.in_features, self.out_features = in_features, out_features
-        self.weight = nn.Parameter(torch.randn(out_features, in_features) / in_features**0.5)
-        self.scale = nn.Parameter(torch.rand(out_features) + 0.5)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return nn.functional.linear(x, self.weight) * self.scale
-
-
-class DynamicScaledLinear(DynamicModule, ScaledLinear):
-    _dyn_role_attrs = {"out": "out_features", "in": "in_features"}
-    _dyn_rule_keys = ("features_ratio", "feature_divisor")
-    weight = param_view("weight")
-    scale = param_view("scale")
-    out_features = attr_view("out_features")
-    in_features = attr_view("in_features")
-
-    @staticmethod
-    def full_width(module: nn.Module, role: str) -> int:
-        return module.out_features if role == "out" else module.in_features
-
-    def _dyn_layout(self):
-        return {"out": (("weight", 0), ("scale", 0)), "in": (("weight", 1),)}
-
-    def channel_weight(self, role):
-        return ("weight", 0 if role == "out" else 1)
-
-    def _dyn_attrs(self):
-        d = self.__dict__
-        dims = d["_dyn_dims"]
-        return {
-            "out_features": dims["out"].width() if "out" in dims else d["out_features"],
-            "in_features": dims["in"].width() if "in" in dims else d["in_features"],
-        }
-
-
 @pytest.fixture
 def registered() -> Iterator[None]:
-    LAYERS.register_spec(ScaledLinear, lambda m: LayerSpec("producer", -1, -1))
-    LAYERS.register_dynamic(ScaledLinear, DynamicScaledLinear)
+    LAYERS.register(SCALED_LINEAR)
     yield
     LAYERS.unregister(ScaledLinear)
 

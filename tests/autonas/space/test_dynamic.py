@@ -10,8 +10,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from modeopt_autonas.dynamic import DynamicModule, is_dynamic
 from modeopt_autonas.space import SearchSpace
+from modeopt_autonas.space.dynamic import DynamicModule, is_dynamic
 
 from ._models import (
     MLP,

@@ -8,9 +8,9 @@ import pytest
 import torch
 from torch import nn
 
-from modeopt_autonas.dynamic import DynamicModule
-from modeopt_autonas.errors import SpaceExportedError
 from modeopt_autonas.space import SearchSpace
+from modeopt_autonas.space.dynamic import DynamicModule
+from modeopt_autonas.space.errors import SpaceExportedError
 
 from ._models import ConcatNet, ConvChain, DepthNet, concat_structure, conv_chain_structure, depth_structure
 from ._structures import make_rules

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from modeopt_autonas.errors import HparamValueError, SearchSpaceError
-from modeopt_autonas.hparam import _EPOCH, Hparam, make_divisible
+from modeopt_autonas.space.errors import HparamValueError, SearchSpaceError
+from modeopt_autonas.space.hparam import _EPOCH, Hparam, make_divisible
 
 
 def test_choices_are_sorted_unique_and_include_original():

@@ -7,8 +7,8 @@ import copy
 import pytest
 import torch
 
-from modeopt_autonas.errors import SubnetConfigError
 from modeopt_autonas.space import SearchSpace
+from modeopt_autonas.space.errors import SubnetConfigError
 
 from ._models import (
     ConcatNet,

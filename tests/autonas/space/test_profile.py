@@ -9,9 +9,9 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from modeopt_autonas.errors import SubnetConfigError
-from modeopt_autonas.profile import SubnetProfiler
 from modeopt_autonas.space import SearchSpace
+from modeopt_autonas.space.errors import SubnetConfigError
+from modeopt_autonas.space.profile import SubnetProfiler
 
 from ._models import (
     MLP,

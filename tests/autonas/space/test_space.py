@@ -9,10 +9,10 @@ import pytest
 import torch
 from torch import nn
 
-from modeopt_autonas.dynamic import DynamicModule
-from modeopt_autonas.errors import SearchSpaceError, StructureMismatchError, SubnetConfigError
 from modeopt_autonas.space import SearchSpace
-from modeopt_autonas.structure import Binding, DepthSpec, Segment, SpaceStructure
+from modeopt_autonas.space.dynamic import DynamicModule
+from modeopt_autonas.space.errors import SearchSpaceError, StructureMismatchError, SubnetConfigError
+from modeopt_autonas.space.structure import Binding, DepthSpec, Segment, SpaceStructure
 from modeopt_core.errors import ConfigError, ConvertError
 
 from ._models import (

@@ -9,8 +9,8 @@ import pytest
 import torch
 import torchvision
 
-from modeopt_autonas.profile import SubnetProfiler
 from modeopt_autonas.space import SearchSpace
+from modeopt_autonas.space.profile import SubnetProfiler
 
 from ._models import masked_reference
 from ._structures import make_rules, resnet_structure, squeezenet_structure

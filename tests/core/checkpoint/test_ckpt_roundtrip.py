@@ -205,7 +205,8 @@ def test_mode_restore_that_needs_real_weights(tmp_path: Path, ckpt_modes: str, c
     fresh = nn.Sequential(nn.Linear(3, 3))
     restored = restore(fresh, path)  # the meta-device check cannot run this mode; the guarded path does
     assert isinstance(restored.extra, nn.Linear)
-    assert "needs real weights" in caplog.text
+    assert "dry-run restore on a data-less (meta) copy failed" in caplog.text
+    assert "supports_meta_restore = False" in caplog.text
     assert_weights_equal(model, restored)
 
 

@@ -1,4 +1,5 @@
-"""A third-party modeopt plugin: the ``halve_linear`` mode scales every Linear's weight by a factor.
+"""A third-party modeopt plugin: the ``halve_linear`` mode scales every Linear's weight by a factor, and
+the export-mode pair ``sparse_magnitude`` / ``export_sparsity`` (in ``sparsity.py``).
 
 modeopt finds it through the ``modeopt.plugins`` entry point declared in pyproject.toml; users never
 import this module.
@@ -13,6 +14,8 @@ from pydantic import Field
 from torch import nn
 
 from modeopt_core import ModeConfig, ModeDescriptor, hookimpl
+
+from .sparsity import ExportSparsityMode, SparseMagnitudeMode
 
 
 class HalveLinearConfig(ModeConfig):
@@ -62,3 +65,5 @@ class HalveLinearMode(ModeDescriptor):
 @hookimpl
 def modeopt_register_modes(register: Any) -> None:
     register(HalveLinearMode())
+    register(SparseMagnitudeMode())
+    register(ExportSparsityMode())

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import random
 from collections.abc import Iterator, Mapping
+from contextlib import AbstractContextManager
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import nn
@@ -17,10 +20,37 @@ from .export import export_model
 from .hparam import Hparam
 from .structure import SpaceStructure
 
-__all__ = ["SAMPLE_MODES", "RulesFn", "SearchSpace"]
+__all__ = ["SAMPLE_MODES", "RulesFn", "SearchSpace", "SubnetDriver"]
 
 RulesFn = _build.RulesFn
 SAMPLE_MODES = ("max", "min", "random", "original")
+
+
+@runtime_checkable
+class SubnetDriver(Protocol):
+    """Something that changes a space's active subnet on its own, e.g. AutoNAS's sampling of a subnet
+    per training forward. Attached with :meth:`SearchSpace.attach_driver`; the space layer's functions
+    (``select``, ``sample``, ``recalibrate_bn``, ``export_nas``) keep it informed."""
+
+    def settle(self) -> dict[str, int]:
+        """Put the user's selection back if the driver changed the subnet; return the selection."""
+        ...
+
+    def note_selection(self) -> None:
+        """The user just selected the active subnet."""
+        ...
+
+    def note_calibrated(self) -> None:
+        """The batch-norm statistics were just re-estimated for the active subnet."""
+        ...
+
+    def paused(self) -> AbstractContextManager[Any]:
+        """A context in which the driver leaves the subnet alone (the caller manages it)."""
+        ...
+
+    def detach(self) -> None:
+        """Stop driving (remove hooks from the model); the user's selection stays active."""
+        ...
 
 
 class SearchSpace:
@@ -34,6 +64,7 @@ class SearchSpace:
         self._structure = structure
         self._built = built
         self._exported = False
+        self._driver: SubnetDriver | None = None
 
     # ---- construction -----------------------------------------------------------------------------
     @classmethod
@@ -75,6 +106,35 @@ class SearchSpace:
     def frozen(self) -> dict[str, str]:
         """Non-configurable hparams and why they are frozen."""
         return dict(self._built.frozen)
+
+    # ---- drivers ----------------------------------------------------------------------------------
+    @property
+    def driver(self) -> SubnetDriver | None:
+        """The attached :class:`SubnetDriver` (None when the subnet only changes by ``select``)."""
+        return self._driver
+
+    def attach_driver(self, driver: SubnetDriver) -> None:
+        """Attach ``driver`` (detaching the previous one first)."""
+        if not isinstance(driver, SubnetDriver):
+            raise TypeError(f"{type(driver).__name__} does not implement the SubnetDriver protocol")
+        self.detach_driver()
+        self._driver = driver
+
+    def detach_driver(self) -> None:
+        """Detach the driver, if any (it removes its hooks; the user's selection stays active)."""
+        driver, self._driver = self._driver, None
+        if driver is not None:
+            driver.detach()
+
+    def settled(self) -> SearchSpace:
+        """This space after its driver (if any) put the user's selection back."""
+        if self._driver is not None:
+            self._driver.settle()
+        return self
+
+    def driver_paused(self) -> AbstractContextManager[Any]:
+        """A context in which the driver (if any) leaves the subnet and statistics to the caller."""
+        return self._driver.paused() if self._driver is not None else contextlib.nullcontext()
 
     def _alive(self) -> None:
         if self._exported:

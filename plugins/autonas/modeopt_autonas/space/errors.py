@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from modeopt_core.errors import ConfigError, ConvertError, ModeoptError
+from modeopt_core import ConfigError, ConvertError, ModeoptError
 
 __all__ = [
     "DynamicAttributeError",

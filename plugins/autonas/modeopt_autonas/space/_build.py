@@ -9,7 +9,7 @@ from typing import Any, NoReturn, cast
 
 from torch import nn
 
-from modeopt_core.errors import ConfigError
+from modeopt_core import ConfigError
 
 from .dynamic import DimBinding, DynamicModule, DynamicSequential, kernel_size_choices
 from .errors import SearchSpaceError, StructureMismatchError
@@ -92,11 +92,11 @@ def _validate(model: nn.Module, structure: SpaceStructure, modules: dict[str, nn
         dyn = _dynamic_class(m)
         if dyn is None:
             continue
-        layout = dyn._dyn_layout(m)  # type: ignore[arg-type]
+        layout = dyn.dynamic_layout(m)
         if b.role not in layout:
             _fail(f"{type(m).__name__} {b.module!r} has no {b.role!r} dimension (has {sorted(layout)})")
         width = sum(sizes[s.group] * s.repeat for s in b.segments)
-        full = dyn.full_width(m, b.role)
+        full = dyn.dynamic_full_width(m, b.role)
         if width != full:
             _fail(f"binding {b.module!r}/{b.role} spans {width} features but the module has {full}")
     for name, m in modules.items():
@@ -147,8 +147,8 @@ def _group_hparam(
     multiples: set[int] = set()
     sortable = True
     for b, m in members:
-        dyn, spec = _dynamic_class(m), LAYERS.spec(m)
-        if dyn is None or spec is None:
+        dyn, record, spec = _dynamic_class(m), LAYERS.layer_type(m), LAYERS.spec(m)
+        if dyn is None or record is None or spec is None:
             reasons.append(f"{b.module} ({type(m).__name__}) has no dynamic class")
             continue
         if spec.frozen_reason:
@@ -160,7 +160,7 @@ def _group_hparam(
         if rule is None:
             reasons.append(f"{b.module} is frozen by the rules")
             continue
-        ratio_key, divisor_key = dyn._dyn_rule_keys
+        ratio_key, divisor_key = record.rule_keys
         ratios = _ratios(rule, ratio_key, b.module)
         if ratios is None:
             continue
@@ -226,7 +226,7 @@ def build(model: nn.Module, structure: SpaceStructure, rules: RulesFn) -> Built:
             continue
         b, i, _ = min(entries, key=lambda e: (_ROLE_PRIORITY[e[0].role], order[e[0].module], e[1]))
         dyn = _dynamic_class(modules[b.module])
-        attr = dyn._dyn_role_attrs.get(b.role, b.role) if dyn is not None else b.role
+        attr = dyn.dynamic_roles.get(b.role, b.role) if dyn is not None else b.role
         name = _qualified(b.module, attr) + (f".{i}" if len(b.segments) > 1 else "")
         named.append(((order[b.module], 1, _ROLE_PRIORITY[b.role], i), name, hp, reason))
 

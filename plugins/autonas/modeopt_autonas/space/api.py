@@ -8,13 +8,12 @@ from typing import Any
 
 from torch import nn
 
-from modeopt_core.calibration import DEFAULT_MIN_CALIBRATION_BATCHES, make_forward_loop, recalibrate_batchnorm
-from modeopt_core.constraints import unpack_dummy_input
-from modeopt_core.errors import ConfigError
+from modeopt_core import ConfigError, make_forward_loop, recalibrate_batchnorm
+from modeopt_core.sdk import DEFAULT_MIN_CALIBRATION_BATCHES, unpack_dummy_input
 
-from .modes import get_search_space
+from .mode import get_search_space, has_search_space
 from .profile import SubnetProfiler
-from .training import _bypass, supernet_sampler
+from .search_space import SearchSpace
 
 __all__ = [
     "DEFAULT_CALIBRATION_BATCHES",
@@ -32,12 +31,13 @@ DEFAULT_CALIBRATION_BATCHES = 50
 """Batches :func:`recalibrate_bn` reads from a data loader unless told otherwise."""
 
 
-def _settled_space(model: nn.Module) -> Any:
-    space = get_search_space(model)
-    sampler = supernet_sampler(model)
-    if sampler is not None:
-        sampler.settle()
-    return space
+def _settled_space(model: nn.Module) -> SearchSpace:
+    return get_search_space(model).settled()
+
+
+def _noted(space: SearchSpace) -> None:
+    if space.driver is not None:
+        space.driver.note_selection()
 
 
 def select(model: nn.Module, config: Mapping[str, int], strict: bool = True) -> None:
@@ -48,9 +48,7 @@ def select(model: nn.Module, config: Mapping[str, int], strict: bool = True) -> 
     """
     space = _settled_space(model)
     space.select(config, strict=strict)
-    sampler = supernet_sampler(model)
-    if sampler is not None:
-        sampler.note_selection()
+    _noted(space)
 
 
 def sample(model: nn.Module, mode: str = "random", seed: int | random.Random | None = None) -> dict[str, int]:
@@ -64,9 +62,7 @@ def sample(model: nn.Module, mode: str = "random", seed: int | random.Random | N
     rng = random.Random(seed) if isinstance(seed, int) else seed
     space = _settled_space(model)
     config = space.sample(mode, rng=rng)
-    sampler = supernet_sampler(model)
-    if sampler is not None:
-        sampler.note_selection()
+    _noted(space)
     return config
 
 
@@ -88,7 +84,7 @@ def print_search_space(model: nn.Module, include_frozen: bool = False) -> str:
 def _profiler(model: nn.Module, dummy_input: Any) -> SubnetProfiler:
     space = _settled_space(model)
     args, kwargs = unpack_dummy_input(dummy_input)
-    with _bypass(model):
+    with space.driver_paused():
         return SubnetProfiler(space, *args, **kwargs)
 
 
@@ -142,8 +138,11 @@ def recalibrate_bn(
     if data_loader is not None:
         loop = make_forward_loop(data_loader, collect_func=collect_func, max_batches=max_batches)
     assert loop is not None
-    with _bypass(model) as sampler:
+    if not has_search_space(model):
+        return recalibrate_batchnorm(model, loop, min_batches=min_batches, strict=strict)
+    space = _settled_space(model)
+    with space.driver_paused():
         seen = recalibrate_batchnorm(model, loop, min_batches=min_batches, strict=strict)
-        if sampler is not None and seen:
-            sampler.note_calibrated()
+        if space.driver is not None and seen:
+            space.driver.note_calibrated()
     return seen

@@ -155,18 +155,26 @@ def dynamic_class_for(dynamic_cls: type[DynamicModule], module_cls: type[nn.Modu
 class DynamicModule(nn.Module):
     """Mixin placed before the original class in a dynamic class's bases (never instantiated).
 
-    Subclasses declare:
-      * ``_dyn_layout()``: for each role, the ``(tensor_name, dim)`` pairs that role slices;
-      * ``_dyn_attrs()``: the active values of the attributes exposed through ``attr_view``;
-      * optionally ``_dyn_extra_hparams``/``_dyn_extra_indices`` (kernel size) and ``_dyn_export_extra``.
+    The public contract a dynamic layer implements (see ``docs/writing-a-plugin.md``, "Custom
+    searchable layers"):
+
+    * ``dynamic_roles``: role -> the attribute naming that dimension (hparam names use it);
+    * ``dynamic_full_width(module, role)``: the original width of a role (checks recorded structures);
+    * ``dynamic_layout(module)``: for each role, the ``(tensor name, dim)`` pairs that role slices;
+    * ``dynamic_attrs(widths)``: the active values of the attributes exposed through :func:`attr_view`,
+      given the active width of each bound role (originals via :meth:`dynamic_original`);
+    * optionally ``dynamic_channel_weight(role)`` (the tensor dim that scores a role's channels for
+      importance sorting), ``dynamic_after_export(attrs)`` (fix plain attributes after export) and
+      ``dynamic_flops_tensor`` (the tensor the layer's FLOPs are proportional to; None: constant).
+
+    Tensors named in the layout are exposed through :func:`param_view` / :func:`buffer_view`
+    properties declared on the dynamic class. Everything named ``_dyn_*`` is internal.
     """
 
     #: role -> attribute naming that dimension (used to name hparams)
-    _dyn_role_attrs: ClassVar[dict[str, str]] = {}
-    #: rule keys ``(ratio_key, divisor_key)`` that set the choices of this module's channel dims
-    _dyn_rule_keys: ClassVar[tuple[str, str]] = ("channels_ratio", "channel_divisor")
+    dynamic_roles: ClassVar[dict[str, str]] = {}
     #: the tensor whose size the module's FLOPs are proportional to (None: FLOPs are constant)
-    _dyn_flops_tensor: ClassVar[str | None] = "weight"
+    dynamic_flops_tensor: ClassVar[str | None] = "weight"
 
     # ---- conversion -------------------------------------------------------------------------------
     @classmethod
@@ -180,29 +188,39 @@ class DynamicModule(nn.Module):
         for k, v in extra.items():
             d[f"_dyn_{k}"] = v
         target = dynamic_class_for(cls, original_cls)
-        d["_dyn_layout_map"] = target._dyn_layout(module)  # type: ignore[arg-type]
+        d["_dyn_layout_map"] = target.dynamic_layout(module)
         module.__class__ = target
         return module
 
+    # ---- the public contract ----------------------------------------------------------------------
     @staticmethod
-    def full_width(module: Any, role: str) -> int:
+    def dynamic_full_width(module: Any, role: str) -> int:
         """The original width of ``module``'s ``role`` dimension (for structure validation)."""
         raise NotImplementedError
 
-    # ---- subclass hooks ---------------------------------------------------------------------------
-    def _dyn_layout(self) -> dict[str, tuple[tuple[str, int], ...]]:
+    @staticmethod
+    def dynamic_layout(module: Any) -> dict[str, tuple[tuple[str, int], ...]]:
+        """For each role, the ``(tensor name, dim)`` pairs it slices (called on the unconverted module)."""
         raise NotImplementedError
 
-    def _dyn_attrs(self) -> dict[str, Any]:
+    def dynamic_attrs(self, widths: dict[str, int]) -> dict[str, Any]:
+        """Active values of the ``attr_view`` attributes; ``widths`` holds each bound role's active width."""
         return {}
 
-    def channel_weight(self, role: str) -> tuple[str, int] | None:
+    def dynamic_original(self, name: str) -> Any:
+        """The original value of an attribute that an ``attr_view`` shadows."""
+        return self.__dict__[name]
+
+    def dynamic_channel_weight(self, role: str) -> tuple[str, int] | None:
         """The ``(tensor, dim)`` whose slices along ``dim`` belong to the channels of ``role``; importance
         scores channels by it. Default: the ``weight`` entry of the role's layout, if any."""
         for name, dim in self.__dict__["_dyn_layout_map"].get(role, ()):
             if name == "weight":
                 return name, dim
         return None
+
+    def dynamic_after_export(self, attrs: dict[str, Any]) -> None:
+        """Fix derived plain attributes after export (e.g. conv padding caches); ``attrs`` as exported."""
 
     def _dyn_extra_hparams(self) -> tuple[Hparam, ...]:
         return ()
@@ -213,9 +231,6 @@ class DynamicModule(nn.Module):
 
     def _dyn_plan_extra(self) -> Any:
         return None
-
-    def _dyn_export_extra(self, attrs: dict[str, Any]) -> None:
-        """Fix derived plain attributes after export (e.g. conv padding caches)."""
 
     def _dyn_tensor_factors(self, name: str, shape: Sequence[int]) -> list[int | DimBinding | Hparam]:
         """The size of each dim of tensor ``name`` as a constant, a channel binding or a kernel hparam."""
@@ -276,7 +291,8 @@ class DynamicModule(nn.Module):
             if t is None:
                 continue
             tensors[name] = _TensorIndex(t.ndim, {dim % t.ndim: ix for dim, ix in per_dim.items()})
-        return _Plan(key, tensors, self._dyn_attrs(), self._dyn_plan_extra())
+        widths = {role: binding.width() for role, binding in self.__dict__["_dyn_dims"].items()}
+        return _Plan(key, tensors, self.dynamic_attrs(widths), self._dyn_plan_extra())
 
     def _dyn_tensor_index(self, name: str) -> _TensorIndex | None:
         return self._dyn_sync().tensors.get(name)
@@ -301,7 +317,7 @@ class DynamicModule(nn.Module):
                     b = self._buffers[name]
                     assert b is not None
                     self._buffers[name] = ix(b).clone()
-        fix_plain_attrs = self._dyn_export_extra  # bound now: the class is swapped back below
+        fix_plain_attrs = self.dynamic_after_export  # bound now: the class is swapped back below
         d = self.__dict__
         original_cls = d["_dyn_original_cls"]
         for k in [k for k in d if k.startswith("_dyn_")]:

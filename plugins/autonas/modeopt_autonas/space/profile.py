@@ -21,7 +21,7 @@ from .errors import HparamValueError, SubnetConfigError
 from .hparam import Hparam
 
 if TYPE_CHECKING:
-    from .space import SearchSpace
+    from .search_space import SearchSpace
 
 __all__ = ["SubnetProfiler"]
 
@@ -77,7 +77,7 @@ class SubnetProfiler:
         self._flops_const = const
         self._flop_terms: list[tuple[int, int, _Size, _Conds]] = []
         for name, m in leaves.items():
-            tname = type(m)._dyn_flops_tensor
+            tname = type(m).dynamic_flops_tensor
             t = None if tname is None else m._parameters.get(tname)
             if tname is None or t is None or measured[name] == 0:
                 self._block_terms.append((measured[name], conds(name)))

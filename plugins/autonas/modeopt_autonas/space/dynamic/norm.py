@@ -36,9 +36,8 @@ def _stat_view(slot: int, name: str) -> property:
 class _DynamicChannelNorm(DynamicModule):
     """Batch/instance norm over a channel dim (dim 1) with searchable ``num_features``."""
 
-    _dyn_role_attrs = {"features": "num_features"}
-    _dyn_rule_keys = ("features_ratio", "feature_divisor")
-    _dyn_flops_tensor = None  # FlopCounterMode attributes no FLOPs to normalisation
+    dynamic_roles = {"features": "num_features"}
+    dynamic_flops_tensor = None  # FlopCounterMode attributes no FLOPs to normalisation
 
     weight = param_view("weight")
     bias = param_view("bias")
@@ -47,18 +46,19 @@ class _DynamicChannelNorm(DynamicModule):
     num_features = attr_view("num_features")
 
     @staticmethod
-    def full_width(module: Any, role: str) -> int:
+    def dynamic_full_width(module: Any, role: str) -> int:
         return int(module.num_features)
 
-    def _dyn_layout(self) -> dict[str, tuple[tuple[str, int], ...]]:
+    @staticmethod
+    def dynamic_layout(module: Any) -> dict[str, tuple[tuple[str, int], ...]]:
         return {"features": (("weight", 0), ("bias", 0), ("running_mean", 0), ("running_var", 0))}
 
-    def channel_weight(self, role: str) -> tuple[str, int] | None:
+    def dynamic_channel_weight(self, role: str) -> tuple[str, int] | None:
         """The affine weight, whose entries belong to the channels (for importance)."""
         return ("weight", 0) if self._parameters.get("weight") is not None else None
 
-    def _dyn_attrs(self) -> dict[str, Any]:
-        return {"num_features": self.__dict__["_dyn_dims"]["features"].width()}
+    def dynamic_attrs(self, widths: dict[str, int]) -> dict[str, Any]:
+        return {"num_features": widths["features"]}
 
     def _dyn_plan_extra(self) -> Any:
         # a gathered (concat) feature index makes the running stats copies, so training-mode
@@ -118,36 +118,35 @@ class DynamicInstanceNorm3d(_DynamicChannelNorm, nn.InstanceNorm3d):
 class DynamicLayerNorm(DynamicModule, nn.LayerNorm):
     """Dynamic ``nn.LayerNorm``: the last dim of ``normalized_shape`` is searchable."""
 
-    _dyn_role_attrs = {"features": "num_features"}
-    _dyn_rule_keys = ("features_ratio", "feature_divisor")
-    _dyn_flops_tensor = None
+    dynamic_roles = {"features": "num_features"}
+    dynamic_flops_tensor = None
 
     weight = param_view("weight")
     bias = param_view("bias")
     normalized_shape = attr_view("normalized_shape")
 
     @staticmethod
-    def full_width(module: Any, role: str) -> int:
+    def dynamic_full_width(module: Any, role: str) -> int:
         return int(module.normalized_shape[-1])
 
-    def _dyn_layout(self) -> dict[str, tuple[tuple[str, int], ...]]:
+    @staticmethod
+    def dynamic_layout(module: Any) -> dict[str, tuple[tuple[str, int], ...]]:
         return {"features": (("weight", -1), ("bias", -1))}
 
-    def channel_weight(self, role: str) -> tuple[str, int] | None:
+    def dynamic_channel_weight(self, role: str) -> tuple[str, int] | None:
         """The affine weight's last dim, whose entries belong to the features (for importance)."""
         return ("weight", -1) if self._parameters.get("weight") is not None else None
 
-    def _dyn_attrs(self) -> dict[str, Any]:
-        shape = tuple(self.__dict__["normalized_shape"])
-        return {"normalized_shape": (*shape[:-1], self.__dict__["_dyn_dims"]["features"].width())}
+    def dynamic_attrs(self, widths: dict[str, int]) -> dict[str, Any]:
+        shape = tuple(self.dynamic_original("normalized_shape"))
+        return {"normalized_shape": (*shape[:-1], widths["features"])}
 
 
 class DynamicGroupNorm(DynamicModule, nn.GroupNorm):
     """Dynamic ``nn.GroupNorm``: the group size stays fixed, ``num_groups = width // group size``."""
 
-    _dyn_role_attrs = {"features": "num_channels"}
-    _dyn_rule_keys = ("channels_ratio", "channel_divisor")
-    _dyn_flops_tensor = None
+    dynamic_roles = {"features": "num_channels"}
+    dynamic_flops_tensor = None
 
     weight = param_view("weight")
     bias = param_view("bias")
@@ -155,18 +154,18 @@ class DynamicGroupNorm(DynamicModule, nn.GroupNorm):
     num_groups = attr_view("num_groups")
 
     @staticmethod
-    def full_width(module: Any, role: str) -> int:
+    def dynamic_full_width(module: Any, role: str) -> int:
         return int(module.num_channels)
 
-    def _dyn_layout(self) -> dict[str, tuple[tuple[str, int], ...]]:
+    @staticmethod
+    def dynamic_layout(module: Any) -> dict[str, tuple[tuple[str, int], ...]]:
         return {"features": (("weight", 0), ("bias", 0))}
 
-    def channel_weight(self, role: str) -> tuple[str, int] | None:
+    def dynamic_channel_weight(self, role: str) -> tuple[str, int] | None:
         """The affine weight, whose entries belong to the channels (for importance)."""
         return ("weight", 0) if self._parameters.get("weight") is not None else None
 
-    def _dyn_attrs(self) -> dict[str, Any]:
-        d = self.__dict__
-        width = d["_dyn_dims"]["features"].width()
-        group_size = d["num_channels"] // d["num_groups"]
+    def dynamic_attrs(self, widths: dict[str, int]) -> dict[str, Any]:
+        width = widths["features"]
+        group_size = self.dynamic_original("num_channels") // self.dynamic_original("num_groups")
         return {"num_channels": width, "num_groups": width // group_size}

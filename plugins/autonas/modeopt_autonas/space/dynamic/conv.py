@@ -49,8 +49,7 @@ def kernel_size_choices(conv: nn.modules.conv._ConvNd, wanted: Iterable[int]) ->
 class _DynamicConvNd(DynamicModule):
     """Conv with searchable ``out``/``in`` channels and, optionally, kernel size."""
 
-    _dyn_role_attrs = {"out": "out_channels", "in": "in_channels"}
-    _dyn_rule_keys = ("channels_ratio", "channel_divisor")
+    dynamic_roles = {"out": "out_channels", "in": "in_channels"}
 
     weight = param_view("weight")
     bias = param_view("bias")
@@ -61,11 +60,12 @@ class _DynamicConvNd(DynamicModule):
     padding = attr_view("padding")
 
     @staticmethod
-    def full_width(module: Any, role: str) -> int:
+    def dynamic_full_width(module: Any, role: str) -> int:
         return int(module.out_channels if role == "out" else module.in_channels)
 
-    def _dyn_layout(self) -> dict[str, tuple[tuple[str, int], ...]]:
-        d = self.__dict__
+    @staticmethod
+    def dynamic_layout(module: Any) -> dict[str, tuple[tuple[str, int], ...]]:
+        d = module.__dict__
         transposed, grouped = d["transposed"], d["groups"] > 1
         out_dim, in_dim = (1, 0) if transposed else (0, 1)
         out: list[tuple[str, int]] = [("bias", 0)]
@@ -81,7 +81,7 @@ class _DynamicConvNd(DynamicModule):
             out.append(("weight", 0))
         return {"out": tuple(out), "in": tuple(inp)}
 
-    def channel_weight(self, role: str) -> tuple[str, int] | None:
+    def dynamic_channel_weight(self, role: str) -> tuple[str, int] | None:
         """The weight dim whose slices belong to the channels of ``role`` (for importance)."""
         d = self.__dict__
         if d["groups"] > 1:
@@ -101,11 +101,10 @@ class _DynamicConvNd(DynamicModule):
         n = len(self.__dict__["kernel_size"])
         return {"weight": {2 + i: slice(off, off + k) for i in range(n)}}
 
-    def _dyn_attrs(self) -> dict[str, Any]:
+    def dynamic_attrs(self, widths: dict[str, int]) -> dict[str, Any]:
         d = self.__dict__
-        dims: dict[str, DimBinding] = d["_dyn_dims"]
-        out = dims["out"].width() if "out" in dims else d["out_channels"]
-        inp = dims["in"].width() if "in" in dims else d["in_channels"]
+        out = widths.get("out", d["out_channels"])
+        inp = widths.get("in", d["in_channels"])
         groups = d["groups"]
         if groups > 1:
             groups = inp // (d["in_channels"] // groups)
@@ -124,7 +123,7 @@ class _DynamicConvNd(DynamicModule):
             "padding": padding,
         }
 
-    def _dyn_export_extra(self, attrs: dict[str, Any]) -> None:
+    def dynamic_after_export(self, attrs: dict[str, Any]) -> None:
         padding = attrs["padding"]
         if not isinstance(padding, str):
             # the cache F.pad uses for non-zero padding modes must follow the new padding

@@ -18,7 +18,7 @@ import torch
 from .errors import SubnetConfigError
 
 if TYPE_CHECKING:
-    from .space import SearchSpace
+    from .search_space import SearchSpace
 
 __all__ = ["channel_importance", "sort_by_importance"]
 
@@ -38,7 +38,7 @@ def channel_importance(space: SearchSpace, group_id: int) -> torch.Tensor | None
             module = dynamic.get(mem.module)
             if mem.role != role or module is None:
                 continue
-            where = module.channel_weight(role)
+            where = module.dynamic_channel_weight(role)
             if where is None:
                 continue
             t = _tensor(module, where[0])

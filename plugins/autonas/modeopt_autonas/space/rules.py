@@ -1,25 +1,25 @@
-"""Configs of the NAS modes: per-module-type rules (channel ratios, divisors, kernels, depth)."""
+"""Rules of the NAS modes: per-module-type rule classes (channel ratios, divisors, kernels, depth), the
+rule-config base every NAS-like mode's config derives from, and the ``export_nas`` config."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import nn
 
-from modeopt_core import ModeConfig, RuleConfig, make_rule_config
+from modeopt_core import ModeConfig, RuleConfig
 
+from .dynamic import BUILTIN_LAYER_TYPES
 from .layers import LAYERS
 
 __all__ = [
-    "AutoNASConfig",
     "ChannelRule",
     "DepthRule",
     "ExportConfig",
     "FeatureRule",
     "NASRuleConfig",
-    "SupernetRuleConfig",
     "module_type_alias",
     "nas_rules",
 ]
@@ -68,18 +68,8 @@ class DepthRule(_Rule):
     min_depth: int = Field(default=0, ge=0, description="never keep fewer children than this")
 
 
-_CONVS = ("nn.Conv1d", "nn.Conv2d", "nn.Conv3d", "nn.ConvTranspose1d", "nn.ConvTranspose2d", "nn.ConvTranspose3d")
-_FEATURES = (
-    "nn.Linear",
-    "nn.BatchNorm1d",
-    "nn.BatchNorm2d",
-    "nn.BatchNorm3d",
-    "nn.SyncBatchNorm",
-    "nn.InstanceNorm1d",
-    "nn.InstanceNorm2d",
-    "nn.InstanceNorm3d",
-    "nn.LayerNorm",
-)
+_CONVS = tuple(t.rule_alias for t in BUILTIN_LAYER_TYPES if t.rules == "channels" and t.module_class is not nn.GroupNorm)
+_FEATURES = tuple(t.rule_alias for t in BUILTIN_LAYER_TYPES if t.rules == "features")
 
 
 class NASRuleConfig(RuleConfig):
@@ -96,38 +86,18 @@ class NASRuleConfig(RuleConfig):
 def nas_rules(
     conv: Mapping[str, Any], feature: Mapping[str, Any], group_norm: Mapping[str, Any], depth: Mapping[str, Any] | None
 ) -> dict[str, tuple[type[BaseModel], Any]]:
-    """Default rules for every supported module type (``depth=None`` leaves depth out of the space)."""
+    """Default rules for every built-in module type (``depth=None`` leaves depth out of the space).
+
+    Args:
+        conv: the rule of every conv type; ``feature``: of Linear and the norms; ``group_norm``: of
+            GroupNorm; ``depth``: of ``nn.Sequential`` (elastic depth).
+    """
     rules: dict[str, tuple[type[BaseModel], Any]] = {k: (ChannelRule, dict(conv)) for k in _CONVS}
     rules.update({k: (FeatureRule, dict(feature)) for k in _FEATURES})
     rules["nn.GroupNorm"] = (ChannelRule, dict(group_norm))
     if depth is not None:
         rules["nn.Sequential"] = (DepthRule, dict(depth))
     return rules
-
-
-class SupernetRuleConfig(NASRuleConfig):
-    """Base of ``AutoNASConfig``: the rules plus how the supernet is trained."""
-
-    sampling: Literal["random", "sandwich"] = Field(
-        default="random",
-        description="subnet drawn by each training forward: 'random' (uniform), or 'sandwich' (max, min, "
-        "random in rotation)",
-    )
-    seed: int = Field(default=0, description="seed of the training-time subnet sampler (reproducible runs)")
-
-
-AutoNASConfig = make_rule_config(
-    "AutoNASConfig",
-    nas_rules(
-        conv={"channels_ratio": (0.5, 0.67, 1.0), "channel_divisor": 8, "kernel_size": ()},
-        feature={"features_ratio": (0.5, 0.67, 1.0), "feature_divisor": 8},
-        group_norm={"channels_ratio": (0.5, 0.67, 1.0), "channel_divisor": 8},
-        depth={"min_depth": 0},
-    ),
-    base=SupernetRuleConfig,
-    doc="Config of the ``autonas`` mode: rules per module type (``None`` disables a type), glob overrides.",
-    module=__name__,
-)
 
 
 class ExportConfig(ModeConfig):
@@ -137,12 +107,8 @@ class ExportConfig(ModeConfig):
 
 
 def module_type_alias(module: nn.Module) -> str | None:
-    """The rule key of a module: ``"nn.Conv2d"`` for torch layers, ``"pkg.mod.Class"`` for plugin layers."""
+    """The rule key of a module: ``"nn.Conv2d"`` for torch layers, its record's ``rule_alias`` for others."""
     if isinstance(module, nn.Sequential):
         return "nn.Sequential"
-    base = LAYERS.lookup_class(type(module))
-    if base is None:
-        return None
-    if base.__module__.startswith("torch.nn"):
-        return f"nn.{base.__name__}"
-    return f"{base.__module__}.{base.__qualname__}"
+    record = LAYERS.layer_type(module)
+    return None if record is None else record.rule_alias

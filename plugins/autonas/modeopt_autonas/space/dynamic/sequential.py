@@ -17,9 +17,10 @@ class DynamicSequential(DynamicModule, nn.Sequential):
     ``named_modules`` and optimisers keep the full supernet); only ``forward`` and export stop at
     ``depth``."""
 
-    _dyn_flops_tensor = None
+    dynamic_flops_tensor = None
 
-    def _dyn_layout(self) -> dict[str, tuple[tuple[str, int], ...]]:
+    @staticmethod
+    def dynamic_layout(module: Any) -> dict[str, tuple[tuple[str, int], ...]]:
         return {}
 
     def _dyn_extra_hparams(self) -> tuple[Hparam, ...]:

@@ -1,0 +1,54 @@
+"""The plugin author's toolkit: the helpers modeopt's own plugins build their modes and searchers with.
+
+Everything a mode or searcher plugin needs beyond the user-facing names of :mod:`modeopt_core` lives
+here, with a stable, pinned surface (``tests/core/test_public_api.py``). Plugins import from
+``modeopt_core`` and ``modeopt_core.sdk`` (and ``modeopt_core.distributed`` for collectives) only; the
+core's other submodules are private. See ``docs/writing-a-plugin.md``.
+
+- Search-config validation: :func:`check_known_keys`, :func:`check_int`, :func:`check_float`,
+  :func:`check_bool`, :func:`check_callable`, :func:`check_path` (each raises
+  :class:`~modeopt_core.ConfigError` naming the key, the value and what is accepted), and
+  :func:`candidate_key` (a stable hash of a candidate config).
+- Dummy inputs: :func:`unpack_dummy_input` and :func:`run_with_dummy_input` (the ``(args..., {kwargs})``
+  convention every searcher and profiler shares).
+- Calibration: :data:`DEFAULT_MIN_CALIBRATION_BATCHES`, :data:`ForwardLoop`,
+  :func:`default_collect_func` (with :func:`modeopt_core.make_forward_loop` and
+  :func:`modeopt_core.recalibrate_batchnorm`).
+- Progress: :func:`progress` (a tqdm bar on a terminal, log lines elsewhere, nothing when disabled).
+- Searcher types: :data:`SearchConfig` and :data:`SEARCH_CHECKPOINT_KIND`.
+"""
+
+from __future__ import annotations
+
+from .base_searcher import SEARCH_CHECKPOINT_KIND, SearchConfig
+from .calibration import DEFAULT_MIN_CALIBRATION_BATCHES, ForwardLoop, default_collect_func
+from .constraints import CONSTRAINT_NAMES, run_with_dummy_input, unpack_dummy_input
+from .progress import progress
+from .search_config import (
+    candidate_key,
+    check_bool,
+    check_callable,
+    check_float,
+    check_int,
+    check_known_keys,
+    check_path,
+)
+
+__all__ = [
+    "CONSTRAINT_NAMES",
+    "DEFAULT_MIN_CALIBRATION_BATCHES",
+    "SEARCH_CHECKPOINT_KIND",
+    "ForwardLoop",
+    "SearchConfig",
+    "candidate_key",
+    "check_bool",
+    "check_callable",
+    "check_float",
+    "check_int",
+    "check_known_keys",
+    "check_path",
+    "default_collect_func",
+    "progress",
+    "run_with_dummy_input",
+    "unpack_dummy_input",
+]

@@ -1,0 +1,118 @@
+"""The NAS search space: the public layer every NAS-like mode builds on (FastNAS, AutoNAS, third parties).
+
+A model converted by a NAS mode is a *search space*: its searchable dimensions (channel-group widths,
+kernel sizes, depths) are :class:`Hparam` s, its layers are dynamic modules computing on the active
+subnet, and ``select``/``sample`` switch subnets; ``export_nas`` turns it into plain smaller modules.
+This package holds all of that and nothing of a search algorithm: importing it (or FastNAS) does not
+import AutoNAS's supernet training or evolutionary search (``modeopt_autonas.modes``/``searchers``/
+``training``), which sit on top of it.
+
+- building: :func:`analyze` (tied-channel analysis), :class:`SpaceStructure` (its result, plain data),
+  :class:`SearchSpace` (build/restore, select, sample, sort, export), :class:`SubnetProfiler`;
+- modes: :class:`NASModeBase` (convert/restore/save of a NAS mode), :class:`ExportNASMode`
+  (``export_nas``), the rule configs (:class:`NASRuleConfig`, :func:`nas_rules`, rule classes),
+  :func:`get_search_space`, :func:`has_search_space`;
+- model functions: :func:`select`, :func:`sample`, :func:`get_subnet_config`, :func:`profile_subnet`,
+  :func:`profile_search_space`, :func:`recalibrate_bn`, :func:`print_search_space`, ...;
+- extending: :class:`LayerType` records (spec + :class:`DynamicModule` class + rules) registered through
+  the ``modeopt_autonas_register_layers`` hook; :class:`SubnetDriver` for code that changes subnets on
+  its own (supernet training).
+"""
+
+from __future__ import annotations
+
+from .analysis import AnalysisInputError, AnalysisReport, AnalysisResult, analyze
+from .api import (
+    DEFAULT_CALIBRATION_BATCHES,
+    get_subnet_config,
+    print_search_space,
+    profile_search_space,
+    profile_subnet,
+    recalibrate_bn,
+    sample,
+    search_space_size,
+    select,
+)
+from .dynamic import BUILTIN_LAYER_TYPES, DynamicModule, attr_view, buffer_view, is_dynamic, param_view
+from .errors import (
+    DynamicAttributeError,
+    HparamValueError,
+    SearchSpaceError,
+    SpaceExportedError,
+    StructureMismatchError,
+    SubnetConfigError,
+)
+from .hparam import Hparam, make_divisible
+from .layers import (
+    LAYERS,
+    RULE_KEYS,
+    LayerRegistry,
+    LayerSpec,
+    LayerType,
+    channel_norm_spec,
+    conv_spec,
+    group_norm_spec,
+    layer_norm_spec,
+    linear_spec,
+)
+from .mode import ExportNASMode, NASModeBase, get_search_space, has_search_space
+from .profile import SubnetProfiler
+from .rules import ChannelRule, DepthRule, ExportConfig, FeatureRule, NASRuleConfig, module_type_alias, nas_rules
+from .search_space import SAMPLE_MODES, SearchSpace, SubnetDriver
+from .structure import SpaceStructure
+
+__all__ = [
+    "BUILTIN_LAYER_TYPES",
+    "DEFAULT_CALIBRATION_BATCHES",
+    "LAYERS",
+    "RULE_KEYS",
+    "SAMPLE_MODES",
+    "AnalysisInputError",
+    "AnalysisReport",
+    "AnalysisResult",
+    "ChannelRule",
+    "DepthRule",
+    "DynamicAttributeError",
+    "DynamicModule",
+    "ExportConfig",
+    "ExportNASMode",
+    "FeatureRule",
+    "Hparam",
+    "HparamValueError",
+    "LayerRegistry",
+    "LayerSpec",
+    "LayerType",
+    "NASModeBase",
+    "NASRuleConfig",
+    "SearchSpace",
+    "SearchSpaceError",
+    "SpaceExportedError",
+    "SpaceStructure",
+    "StructureMismatchError",
+    "SubnetConfigError",
+    "SubnetDriver",
+    "SubnetProfiler",
+    "analyze",
+    "attr_view",
+    "buffer_view",
+    "channel_norm_spec",
+    "conv_spec",
+    "get_search_space",
+    "get_subnet_config",
+    "group_norm_spec",
+    "has_search_space",
+    "is_dynamic",
+    "layer_norm_spec",
+    "linear_spec",
+    "make_divisible",
+    "module_type_alias",
+    "nas_rules",
+    "param_view",
+    "print_search_space",
+    "profile_search_space",
+    "profile_subnet",
+    "recalibrate_bn",
+    "sample",
+    "search_space_size",
+    "select",
+]

@@ -1,0 +1,16 @@
+"""Pins the public face of ``modeopt_fastnas`` (ModelOpt's FastNAS names included)."""
+
+from __future__ import annotations
+
+import modeopt_fastnas
+from tests._public import assert_face
+
+FASTNAS = {
+    "BN_CALIBRATION_MODES", "DEFAULT_RATIOS", "BinarySearcher", "FastNASChannelRule", "FastNASConfig",
+    "FastNASFeatureRule", "FastNASMode", "FastNASModeDescriptor", "FastNASPatchManager", "OutputAgreement",
+    "convert_fastnas_searchspace", "prune", "random_inputs", "restore_fastnas_searchspace",
+}
+
+
+def test_fastnas_face_is_pinned() -> None:
+    assert_face(modeopt_fastnas, FASTNAS)
