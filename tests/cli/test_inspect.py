@@ -154,3 +154,34 @@ def test_inspect_shows_the_subnet_of_a_real_autonas_checkpoint(tmp_path: Path,
     out = capsys.readouterr().out
     first_key, first_value = next(iter(entry["subnet"].items()))
     assert "1. autonas  [modeopt-autonas " in out and f"subnet: {first_key}={first_value}" in out
+
+
+def test_inspect_prints_the_plugins_one_line_summary(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A mode's plugin contributes a summary line through ``modeopt_summarize_metadata``."""
+    import modeopt_core as mo
+    from modeopt_core.checkpoint import save
+
+    class _Summaries:
+        @mo.hookimpl
+        def modeopt_summarize_metadata(self, mode: object, config: dict, metadata: dict) -> str | None:
+            if getattr(mode, "name", "") == "export_nas":
+                return f"custom summary of {len(metadata['subnet'])} hparams"
+            return None
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3), torch.nn.ReLU(), torch.nn.Conv2d(16, 4, 1))
+    model = mo.export(mo.apply_mode(model, "fastnas"))
+    path = tmp_path / "pruned.safetensors"
+    save(model, path)
+    name = mo.register_plugin(_Summaries(), name="summaries")
+    try:
+        assert main(["inspect", "--json", str(path)]) == 0
+        fastnas, export = json.loads(capsys.readouterr().out)["modes"]
+        # the built-in summary of the NAS modes, and the wrapper plugin's answer (tried first)
+        assert fastnas["summary"] == (
+            "search space of 1 searchable hparams: 3 channel groups (2 frozen by the analysis), 0 elastic-depth sequentials"
+        )
+        assert export["summary"] == "custom summary of 1 hparams"
+        assert main(["inspect", str(path)]) == 0
+        assert "summary: custom summary of 1 hparams" in capsys.readouterr().out
+    finally:
+        mo.unregister_plugin(name)

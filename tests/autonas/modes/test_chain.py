@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -160,3 +162,14 @@ def test_third_party_mode_may_follow_autonas_once_its_plugin_opens_the_chain() -
     finally:
         mo.unregister_plugin("toy-distill")
     assert "toy_distill" not in mo.get_mode("autonas").next_modes  # type: ignore[operator]
+
+
+def test_chain_error_names_only_available_modes_and_the_hook() -> None:
+    model = mo.apply_mode(nn.Sequential(nn.Conv2d(3, 16, 3), nn.ReLU(), nn.Conv2d(16, 4, 1)), ["fastnas"])
+    with pytest.raises(ModeChainError) as info:
+        mo.apply_mode(model, "autonas")
+    text = str(info.value)
+    listed = ast.literal_eval(re.search(r"only (\[.*?\]) may follow it", text).group(1))  # type: ignore[union-attr]
+    assert "export_nas" in listed and set(listed) <= set(mo.list_modes())  # nothing a plugin does not provide
+    assert "quantize" not in text and "sparse_gpt" not in text
+    assert "modeopt_autonas_next_modes" in text

@@ -140,6 +140,7 @@ def test_stale_statistics_warn_once_until_recalibrated() -> None:
         model(DUMMY)
         model(DUMMY)  # same subnet: no second warning
     assert len(record) == 1
+    assert record[0].filename == __file__  # points at the user's forward call, not inside torch
     assert mtn.recalibrate_bn(model, digits_batches(8, 32)) == 8
     with warnings.catch_warnings():
         warnings.simplefilter("error")
