@@ -78,3 +78,27 @@ def test_plugin_guide_command_is_added(capsys: pytest.CaptureFixture[str]) -> No
     finally:
         mo.unregister_plugin("docs-commands")
     assert "halve" in capsys.readouterr().out
+
+
+def test_plugin_guide_restore_timer_logs_the_real_pass_only(example_plugin: types.ModuleType, tmp_path: Path,
+                                                             caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="restore_timer")
+    timer = _as_module("docs_restore_timer", _block("writing-a-plugin.md", "if not dry_run"))
+    path = tmp_path / "halved.safetensors"
+    mo.save(mo.apply_mode(nn.Sequential(nn.Linear(2, 2)), "halve_linear"), path)
+    mo.register_plugin(timer, name="docs-restore-timer")
+    try:
+        mo.restore(nn.Sequential(nn.Linear(2, 2)), path)
+    finally:
+        mo.unregister_plugin("docs-restore-timer")
+    (record,) = [r for r in caplog.records if r.name == "restore_timer"]  # the dry run is not logged
+    assert re.fullmatch(r"restored halve_linear in \d+\.\d{3} s", record.getMessage())
+
+
+def test_coming_from_modelopt_script_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.chdir(tmp_path)
+    _as_module("docs_from_modelopt", _block("coming-from-modelopt.md", "from modeopt_fastnas import OutputAgreement"))
+    out = capsys.readouterr().out
+    assert re.fullmatch(r"FLOPs \d+\.\d%, \d+ score evaluations\n", out), out
+    assert (tmp_path / "pruned.safetensors").is_file() and (tmp_path / "search.safetensors").is_file()

@@ -40,7 +40,8 @@ class SubnetProfiler:
     Args:
         space: the search space (its model is run once at the max subnet, in eval mode, no grad;
             the active subnet and train/eval flags are restored afterwards).
-        *args, **kwargs: a dummy input for ``space.model``.
+        *args: positional arguments of a dummy input for ``space.model``.
+        **kwargs: keyword arguments of that dummy input.
     """
 
     def __init__(self, space: SearchSpace, *args: Any, **kwargs: Any) -> None:
