@@ -196,7 +196,8 @@ def test_installed_plugin_distributions_are_listed(installed_dists: Path) -> Non
     report = json.loads(proc.stdout)
     example = next(p for p in report["plugins"] if p["name"] == "example")
     assert (example["distribution"], example["version"]) == ("modeopt-example-plugin", "1.2.3")
-    assert example["modes"] == ["halve_linear"] and example["hooks"] == ["modeopt_register_modes"]
+    assert example["modes"] == ["export_sparsity", "halve_linear", "sparse_magnitude"]
+    assert example["hooks"] == ["modeopt_register_modes"]
     (failure,) = report["failures"]
     assert failure["distribution"] == "modeopt-broken-plugin" and "ImportError" in failure["error"]
     assert report["autoload"] == {"enabled": True, "only": ["example", "broken"]}

@@ -98,3 +98,4 @@ def test_prune_accepts_the_modelopt_call_shape() -> None:
     model, results = prune(tiny_cnn(), {"flops": "60%"}, torch.randn(*INPUT_SHAPE),
                            {"score_func": WidthScore({}), "verbose": False})
     assert results["flops_ratio"] <= 0.6
+    assert get_search_space(model).config() == results["subnet"]  # not exported: still the search space
