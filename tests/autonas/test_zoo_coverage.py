@@ -46,7 +46,7 @@ HPARAMS = {
     "efficientnet_v2_s": 81,
     "regnet_x_400mf": 30,
     "regnet_y_400mf": 39,
-    "convnext_tiny": 23,
+    "convnext_tiny": 27,  # residual streams too: LayerNorm2d and layer_scale follow them
     "densenet121": 120,
     "shufflenet_v2_x1_0": 18,
     "squeezenet1_1": 25,

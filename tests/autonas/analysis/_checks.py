@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import nn
 
 from modeopt_autonas.space.analysis import AnalysisResult
-from modeopt_autonas.space.structure import ROLES, SpaceStructure
+from modeopt_autonas.space.structure import ROLES, SpaceStructure, is_role
 
 _WIDTH_ATTRS = {
     "out": ("out_channels", "out_features"),
@@ -30,11 +30,16 @@ def assert_consistent(model: nn.Module, result: AnalysisResult) -> None:
     assert [g.id for g in structure.groups] == list(range(len(structure.groups)))
     seen = set()
     for b in structure.bindings:
-        assert b.role in ROLES and b.module in modules, b
+        assert is_role(b.role) and b.module in modules, b
         assert (b.module, b.role) not in seen, f"duplicate binding {b}"
         seen.add((b.module, b.role))
         width = sum(sizes[s.group] * s.repeat for s in b.segments)
-        assert width == module_width(modules[b.module], b.role), f"{b} does not add up to the module width"
+        module = modules[b.module]
+        for name, dim in b.tensors:
+            tensor = module._parameters.get(name, module._buffers.get(name))
+            assert tensor is not None and tensor.shape[dim] == width, f"{b}: tensor {name} does not fit"
+        if b.role in ROLES:
+            assert width == module_width(module, b.role), f"{b} does not add up to the module width"
     for g in structure.groups:
         assert g.searchable == (g.reason == ""), g
     assert SpaceStructure.from_json(structure.to_json()) == structure

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from modeopt_autonas.space.layers import LAYERS
-from modeopt_autonas.space.structure import Binding, SpaceStructure
+from modeopt_autonas.space.structure import TENSOR_ROLE_PREFIX, Binding, SpaceStructure
 
 
 def pick_widths(model: nn.Module, structure: SpaceStructure, rng: random.Random) -> dict[int, int]:
@@ -27,7 +27,7 @@ def pick_widths(model: nn.Module, structure: SpaceStructure, rng: random.Random)
     modules = dict(model.named_modules())
     multiple: dict[int, int] = defaultdict(lambda: 1)
     for b in structure.bindings:
-        spec = LAYERS.spec(modules[b.module])
+        spec = LAYERS.spec(modules[b.module], verified=True)
         if spec is not None:
             for seg in b.segments:
                 multiple[seg.group] = math.lcm(multiple[seg.group], spec.multiple_of)
@@ -64,7 +64,21 @@ def _set_param(module: nn.Module, name: str, value: torch.Tensor | None) -> None
         setattr(module, name, nn.Parameter(value))
 
 
-def _slice_module(module: nn.Module, dims: dict[str, torch.Tensor]) -> None:
+def _slice_tensor(module: nn.Module, name: str, dim: int, idx: torch.Tensor) -> None:
+    t = module._parameters.get(name)
+    if t is not None:
+        module._parameters[name] = nn.Parameter(_take(t, dim, idx))
+    elif module._buffers.get(name) is not None:
+        module._buffers[name] = _take(module._buffers[name], dim, idx)
+
+
+def _slice_module(module: nn.Module, dims: dict[str, torch.Tensor], tensors: dict[str, tuple]) -> None:
+    for role, entries in tensors.items():  # tensor roles and a layer role's extra tensors
+        for name, dim in entries:
+            _slice_tensor(module, name, dim, dims[role])
+    dims = {role: idx for role, idx in dims.items() if not role.startswith(TENSOR_ROLE_PREFIX)}
+    if not dims:
+        return
     if isinstance(module, nn.modules.conv._ConvNd):
         transposed = module.transposed
         out_dim, in_dim = (1, 0) if transposed else (0, 1)
@@ -120,10 +134,13 @@ def slice_by_structure(model: nn.Module, structure: SpaceStructure, widths: dict
     shrunk = copy.deepcopy(model)
     modules = dict(shrunk.named_modules())
     per_module: dict[str, dict[str, torch.Tensor]] = defaultdict(dict)
+    tensors: dict[str, dict[str, tuple]] = defaultdict(dict)
     for b in structure.bindings:
         per_module[b.module][b.role] = _indices(b, structure, widths)
+        if b.tensors:
+            tensors[b.module][b.role] = b.tensors
     for name, dims in per_module.items():
-        _slice_module(modules[name], dims)
+        _slice_module(modules[name], dims, tensors[name])
     return shrunk
 
 

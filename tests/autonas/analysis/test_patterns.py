@@ -155,7 +155,7 @@ def test_unsupported_ops_freeze_with_reasons_and_never_raise():
     check_slicing(model, result.structure, torch.randn(1, 3, 8, 8), rounds=1)
 
 
-def test_broadcast_with_numbers_and_size_one_parameters_passes_but_channel_parameters_freeze():
+def test_broadcast_with_numbers_and_size_one_parameters_passes_and_channel_parameters_follow():
     class Scaled(nn.Module):
         def __init__(self) -> None:
             super().__init__()
@@ -172,8 +172,10 @@ def test_broadcast_with_numbers_and_size_one_parameters_passes_but_channel_param
     model = Scaled()
     result = _analyze(model)
     assert result.report.group_of("a.out").searchable
-    frozen = result.report.group_of("b.out")
-    assert not frozen.searchable and "gamma" in frozen.reasons[0] and "need slicing" in frozen.reasons[0]
+    scaled = result.report.group_of("b.out")  # gamma [8, 1, 1] is sliced with b's channels
+    assert scaled.searchable and "(model).tensor:gamma" in scaled.members
+    (binding,) = [b for b in result.structure.bindings if b.role == "tensor:gamma"]
+    assert binding.module == "" and binding.tensors == (("gamma", 0),)
     check_slicing(model, result.structure, torch.randn(1, 3, 4, 4))
 
 

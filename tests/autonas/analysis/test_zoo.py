@@ -27,7 +27,7 @@ ZOO = {
     "inception_v3": (96, 3, 0),
     "shufflenet_v2_x1_0": (18, 39, 0),
     "vit_b_16": (12, 7, 1),
-    "convnext_tiny": (18, 12, 5),
+    "convnext_tiny": (22, 2, 5),  # LayerNorm2d recognised by its forward, layer_scale sliced with the stream
     "swin_t": (12, 9, 5),
     "squeezenet1_1": (25, 2, 0),
     "alexnet": (7, 2, 0),
@@ -156,13 +156,15 @@ def test_vit_mlp_hidden_is_searchable_and_attention_is_frozen():
     assert [d.module for d in result.structure.depth] == ["encoder.layers"]
 
 
-def test_convnext_block_mlp_is_searchable_and_layer_scale_freezes_the_stream():
+def test_convnext_stream_is_searchable_with_its_layer_scales_and_channels_last_norms():
     hidden = _group("convnext_tiny", "features.1.0.block.3.out")
     assert hidden.searchable and set(hidden.members) == {"features.1.0.block.3.out", "features.1.0.block.5.in"}
     stream = _group("convnext_tiny", "features.3.0.block.5.out")
-    assert not stream.searchable
-    assert any("layer_scale" in r and "need slicing" in r for r in stream.reasons)
-    assert any("torch.nn.functional.layer_norm" in r for r in stream.reasons)
+    assert stream.searchable
+    # the block's layer_scale [C, 1, 1] is sliced with the stream; LayerNorm2d (permute, F.layer_norm over
+    # the last dim, permute back) is a LayerNorm of its own weights
+    assert "features.3.0.tensor:layer_scale" in stream.members
+    assert "features.4.0.features" in stream.members  # the downsampling LayerNorm2d
 
 
 def test_swin_mlp_is_searchable_and_functional_attention_weights_are_frozen():

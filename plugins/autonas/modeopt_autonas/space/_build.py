@@ -7,20 +7,22 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NoReturn, cast
 
+import torch
 from torch import nn
 
 from modeopt_core import ConfigError
 
-from .dynamic import DimBinding, DynamicModule, DynamicSequential, kernel_size_choices
+from .dynamic import DimBinding, DynamicModule, DynamicSequential, DynamicTensors, kernel_size_choices
 from .errors import SearchSpaceError, StructureMismatchError
 from .hparam import Hparam, make_divisible
 from .layers import LAYERS
-from .structure import ROLES, Binding, SpaceStructure
+from .structure import ROLES, TENSOR_ROLE_PREFIX, Binding, SpaceStructure, is_role
 
 _log = logging.getLogger(__name__)
 
 RulesFn = Callable[[str, nn.Module], Mapping[str, Any] | None]
 _ROLE_PRIORITY = {"out": 0, "features": 1, "in": 2}
+_TENSOR_PRIORITY = 3  # tensor roles name a group only when nothing else does
 
 
 @dataclass(frozen=True)
@@ -47,7 +49,22 @@ class Built:
 
 
 def _dynamic_class(module: nn.Module) -> type[DynamicModule] | None:
-    return cast("type[DynamicModule] | None", LAYERS.dynamic_class(module))
+    # bound modules only: the analysis read the forward of a subclass that overrides it (``verified``)
+    return cast("type[DynamicModule] | None", LAYERS.dynamic_class(module, verified=True))
+
+
+def _tensor(module: nn.Module, name: str) -> torch.Tensor | None:
+    t = module._parameters.get(name)
+    return module._buffers.get(name) if t is None else t
+
+
+def _check_tensors(b: Binding, m: nn.Module, width: int) -> None:
+    for tname, dim in b.tensors:
+        t = _tensor(m, tname)
+        if t is None:
+            _fail(f"binding {b.module!r}/{b.role} slices tensor {tname!r}, which the module does not have")
+        if not -t.ndim <= dim < t.ndim or t.shape[dim] != width:
+            _fail(f"binding {b.module!r}/{b.role} slices dim {dim} of {tname!r} {tuple(t.shape)} to {width} features")
 
 
 def _qualified(module: str, attr: str) -> str:
@@ -76,8 +93,8 @@ def _validate(model: nn.Module, structure: SpaceStructure, modules: dict[str, nn
     for b in structure.bindings:
         if b.module not in modules:
             _fail(f"binding names module {b.module!r}, which the model does not have")
-        if b.role not in ROLES:
-            _fail(f"binding of {b.module!r} has unknown role {b.role!r} (expected one of {ROLES})")
+        if not is_role(b.role):
+            _fail(f"binding of {b.module!r} has unknown role {b.role!r} (expected one of {ROLES} or 'tensor:<name>')")
         if (b.module, b.role) in seen:
             _fail(f"module {b.module!r} has two bindings for role {b.role!r}")
         seen.add((b.module, b.role))
@@ -89,18 +106,24 @@ def _validate(model: nn.Module, structure: SpaceStructure, modules: dict[str, nn
             if s.repeat < 1:
                 _fail(f"binding {b.module!r}/{b.role} has repeat {s.repeat} < 1")
         m = modules[b.module]
+        width = sum(sizes[s.group] * s.repeat for s in b.segments)
+        if b.role.startswith(TENSOR_ROLE_PREFIX):
+            if not b.tensors:
+                _fail(f"tensor binding {b.module!r}/{b.role} names no tensor")
+            _check_tensors(b, m, width)
+            continue
         dyn = _dynamic_class(m)
         if dyn is None:
             continue
         layout = dyn.dynamic_layout(m)
         if b.role not in layout:
             _fail(f"{type(m).__name__} {b.module!r} has no {b.role!r} dimension (has {sorted(layout)})")
-        width = sum(sizes[s.group] * s.repeat for s in b.segments)
         full = dyn.dynamic_full_width(m, b.role)
         if width != full:
             _fail(f"binding {b.module!r}/{b.role} spans {width} features but the module has {full}")
+        _check_tensors(b, m, width)
     for name, m in modules.items():
-        spec = LAYERS.spec(m)
+        spec = LAYERS.spec(m, verified=True)
         if isinstance(m, nn.modules.conv._ConvNd) and m.groups > 1 and spec and not spec.frozen_reason:
             ins = [b for b in structure.bindings if b.module == name and b.role == "in"]
             outs = [b for b in structure.bindings if b.module == name and b.role == "out"]
@@ -147,7 +170,10 @@ def _group_hparam(
     multiples: set[int] = set()
     sortable = True
     for b, m in members:
-        dyn, record, spec = _dynamic_class(m), LAYERS.layer_type(m), LAYERS.spec(m)
+        if b.role.startswith(TENSOR_ROLE_PREFIX):
+            continue  # a tensor follows the group's layers: it adds no rule and no constraint
+        dyn, record = _dynamic_class(m), LAYERS.layer_type(m, verified=True)
+        spec = None if record is None else record.spec(m)
         if dyn is None or record is None or spec is None:
             reasons.append(f"{b.module} ({type(m).__name__}) has no dynamic class")
             continue
@@ -185,13 +211,21 @@ def _group_hparam(
     return Hparam(choices, size, sortable=sortable), "; ".join(reasons)
 
 
+def _priority(role: str) -> int:
+    return _ROLE_PRIORITY.get(role, _TENSOR_PRIORITY)
+
+
 def build(model: nn.Module, structure: SpaceStructure, rules: RulesFn) -> Built:
     """Validate everything, then create hparams and convert modules in place."""
     modules = dict(model.named_modules())
     order = {name: i for i, name in enumerate(modules)}
     _validate(model, structure, modules)
 
-    ruled = sorted({b.module for b in structure.bindings} | {d.module for d in structure.depth}, key=lambda n: order[n])
+    ruled = sorted(
+        {b.module for b in structure.bindings if not b.role.startswith(TENSOR_ROLE_PREFIX)}
+        | {d.module for d in structure.depth},
+        key=lambda n: order[n],
+    )
     rule_of: dict[str, Any] = {}
     for name in ruled:
         rule = rules(name, modules[name])
@@ -224,11 +258,11 @@ def build(model: nn.Module, structure: SpaceStructure, rules: RulesFn) -> Built:
         if not entries:
             named.append(((len(order), 1, gid), f"group{gid}", hp, reason or "not bound to any module"))
             continue
-        b, i, _ = min(entries, key=lambda e: (_ROLE_PRIORITY[e[0].role], order[e[0].module], e[1]))
-        dyn = _dynamic_class(modules[b.module])
-        attr = dyn.dynamic_roles.get(b.role, b.role) if dyn is not None else b.role
+        b, i, _ = min(entries, key=lambda e: (_priority(e[0].role), order[e[0].module], e[1]))
+        dyn = None if b.role.startswith(TENSOR_ROLE_PREFIX) else _dynamic_class(modules[b.module])
+        attr = dyn.dynamic_roles.get(b.role, b.role) if dyn is not None else b.role.removeprefix(TENSOR_ROLE_PREFIX)
         name = _qualified(b.module, attr) + (f".{i}" if len(b.segments) > 1 else "")
-        named.append(((order[b.module], 1, _ROLE_PRIORITY[b.role], i), name, hp, reason))
+        named.append(((order[b.module], 1, _priority(b.role), i), name, hp, reason))
 
     kernel_hp: dict[str, Hparam] = {}
     for mname in ruled:
@@ -289,11 +323,13 @@ def _convert(
             built.group_hparams[s.group].is_configurable for b in own for s in b.segments
         )
         if needed:
-            dyn = _dynamic_class(m)
+            layered = any(not b.role.startswith(TENSOR_ROLE_PREFIX) for b in own) or kernel is not None
+            dyn = _dynamic_class(m) if layered else DynamicTensors
             assert dyn is not None  # groups touching modules without one are frozen
             dims = {b.role: DimBinding([(built.group_hparams[s.group], s.repeat) for s in b.segments]) for b in own}
+            tensors = {b.role: b.tensors for b in own if b.tensors}
             extra = {"kernel": kernel} if kernel is not None else {}
-            built.dynamic[name] = cast(DynamicModule, dyn.convert(m, dims, **extra))
+            built.dynamic[name] = cast(DynamicModule, dyn.convert(m, dims, tensors, **extra))
         depth = built.depth_hparams.get(name)
         if depth is not None and depth.is_configurable:
             built.dynamic[name] = cast(DynamicModule, DynamicSequential.convert(m, {}, depth=depth))

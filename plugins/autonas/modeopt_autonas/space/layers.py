@@ -167,19 +167,32 @@ class LayerRegistry:
                 return base
         return None
 
-    def layer_type(self, module: nn.Module) -> LayerType | None:
-        """The record covering ``module``, or None when the analysis treats it as opaque."""
-        base = self.lookup_class(type(module))
+    def base_class(self, cls: type[nn.Module]) -> type[nn.Module] | None:
+        """The nearest registered class ``cls`` is or inherits from, whatever its ``forward``.
+
+        The tied-channel analysis binds a subclass that overrides ``forward`` only after reading that
+        forward (it applies the layer's functional op to the layer's own tensors, e.g. timm's
+        ``BatchNormAct2d``: ``F.batch_norm`` then an activation); the builder then uses this lookup.
+        """
+        return next((base for base in cls.__mro__ if base in self._types), None)
+
+    def layer_type(self, module: nn.Module, *, verified: bool = False) -> LayerType | None:
+        """The record covering ``module``, or None when the analysis treats it as opaque.
+
+        Args:
+            verified: also for subclasses that override ``forward`` (see :meth:`base_class`).
+        """
+        base = self.base_class(type(module)) if verified else self.lookup_class(type(module))
         return None if base is None else self._types[base]
 
-    def spec(self, module: nn.Module) -> LayerSpec | None:
+    def spec(self, module: nn.Module, *, verified: bool = False) -> LayerSpec | None:
         """The spec of ``module``, or None when the analysis should treat it as opaque."""
-        record = self.layer_type(module)
+        record = self.layer_type(module, verified=verified)
         return None if record is None else record.spec(module)
 
-    def dynamic_class(self, module: nn.Module) -> type[nn.Module] | None:
+    def dynamic_class(self, module: nn.Module, *, verified: bool = False) -> type[nn.Module] | None:
         """The dynamic class for ``module``'s registered base class, if any."""
-        record = self.layer_type(module)
+        record = self.layer_type(module, verified=verified)
         return None if record is None else record.dynamic_class
 
     def registered(self) -> list[LayerType]:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from .dynamic import DimBinding, DynamicModule, DynamicSequential
+from .dynamic import DimBinding, DynamicModule, DynamicSequential, DynamicTensors
 from .errors import HparamValueError, SubnetConfigError
 from .hparam import Hparam
 
@@ -51,7 +51,8 @@ class SubnetProfiler:
         self._width_ids: dict[tuple[tuple[int, int], ...], int] = {}
         model = space.model
         dynamic = space.dynamic_modules()
-        leaves = {n: m for n, m in dynamic.items() if not isinstance(m, DynamicSequential)}
+        # containers (depth, tensor holders) are not leaves: their FLOPs are their children's, counted there
+        leaves = {n: m for n, m in dynamic.items() if not isinstance(m, (DynamicSequential, DynamicTensors))}
         blocks: dict[str, tuple[int, int]] = {}
         for seq_name, hp in space.depth_hparams().items():
             if hp.is_configurable:
@@ -93,7 +94,7 @@ class SubnetProfiler:
                 if p is None or id(p) in seen:
                     continue
                 seen.add(id(p))
-                if mname in leaves:
+                if isinstance(module, DynamicModule):
                     size = self._size(module._dyn_tensor_factors(pname, p.shape))
                 else:
                     size = (p.numel(), (), ())

@@ -107,8 +107,9 @@ class ExportConfig(ModeConfig):
 
 
 def module_type_alias(module: nn.Module) -> str | None:
-    """The rule key of a module: ``"nn.Conv2d"`` for torch layers, its record's ``rule_alias`` for others."""
+    """The rule key of a (bound) module: ``"nn.Conv2d"`` for torch layers and subclasses the analysis
+    recognised by their forward, its record's ``rule_alias`` for plugin layers."""
     if isinstance(module, nn.Sequential):
         return "nn.Sequential"
-    record = LAYERS.layer_type(module)
+    record = LAYERS.layer_type(module, verified=True)
     return None if record is None else record.rule_alias

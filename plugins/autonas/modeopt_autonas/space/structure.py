@@ -11,14 +11,24 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-#: Roles of a module dimension that a binding can tie to channel groups.
+#: Roles of a layer dimension that a binding can tie to channel groups.
 #:  - ``"out"``: output channels/features (conv ``weight`` dim 0 / transposed conv dim 1, linear dim 0, bias).
 #:  - ``"in"``: input channels/features (conv ``weight`` dim 1 / transposed conv dim 0, linear dim 1).
 #:  - ``"features"``: the single channel dim of a norm layer (BN/IN ``num_features``, LayerNorm last
 #:    dim, GroupNorm ``num_channels``); it is both consumed and produced.
+#: Besides these, a role ``"tensor:<name>"`` ties one tensor of any module (a layer scale ``gamma``, a
+#: per-channel bias) to a group: the binding's ``tensors`` say which dim of it is sliced.
 ROLES = ("out", "in", "features")
+TENSOR_ROLE_PREFIX = "tensor:"
 
-STRUCTURE_VERSION = 1
+STRUCTURE_VERSION = 2
+#: versions this build reads (1: before tensor roles and extra tensors)
+READABLE_VERSIONS = (1, 2)
+
+
+def is_role(role: str) -> bool:
+    """Whether ``role`` is a layer role or a well-formed tensor role."""
+    return role in ROLES or (role.startswith(TENSOR_ROLE_PREFIX) and len(role) > len(TENSOR_ROLE_PREFIX))
 
 
 @dataclass(frozen=True)
@@ -53,8 +63,12 @@ class Binding:
     """
 
     module: str  # qualified module name as in ``model.named_modules()``
-    role: str  # one of ROLES
+    role: str  # one of ROLES, or "tensor:<name>"
     segments: tuple[Segment, ...]
+    #: further ``(tensor name, dim)`` pairs of the module sliced with this role: per-channel tensors a
+    #: layer's own forward combines with its output (``gain`` of a scaled weight-standardised conv), or,
+    #: for a tensor role, the tensor itself
+    tensors: tuple[tuple[str, int], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -94,7 +108,12 @@ class SpaceStructure:
             "version": self.version,
             "groups": [asdict(g) for g in self.groups],
             "bindings": [
-                {"module": b.module, "role": b.role, "segments": [[s.group, s.repeat] for s in b.segments]}
+                {
+                    "module": b.module,
+                    "role": b.role,
+                    "segments": [[s.group, s.repeat] for s in b.segments],
+                    **({"tensors": [[name, dim] for name, dim in b.tensors]} if b.tensors else {}),
+                }
                 for b in self.bindings
             ],
             "depth": [{"module": d.module, "skippable": list(d.skippable)} for d in self.depth],
@@ -105,24 +124,27 @@ class SpaceStructure:
     def from_json(cls, data: dict[str, Any]) -> SpaceStructure:
         """Inverse of :meth:`to_json`; raises ``ValueError`` on an unknown version or bad role."""
         version = int(data.get("version", -1))
-        if version != STRUCTURE_VERSION:
+        if version not in READABLE_VERSIONS:
             raise ValueError(
-                f"search-space structure version {version} is not supported (this build reads "
-                f"version {STRUCTURE_VERSION}); upgrade modeopt-autonas to restore this checkpoint"
+                f"search-space structure version {version} is not supported (this build reads versions "
+                f"{list(READABLE_VERSIONS)}); upgrade modeopt-autonas to restore this checkpoint"
             )
         bindings = []
         for b in data["bindings"]:
-            if b["role"] not in ROLES:
-                raise ValueError(f"binding for {b['module']!r} has unknown role {b['role']!r}; expected {ROLES}")
+            if not is_role(b["role"]):
+                raise ValueError(
+                    f"binding for {b['module']!r} has unknown role {b['role']!r}; expected one of {ROLES} or "
+                    f"'{TENSOR_ROLE_PREFIX}<name>'"
+                )
+            tensors = tuple((str(name), int(dim)) for name, dim in b.get("tensors", ()))
             bindings.append(
-                Binding(b["module"], b["role"], tuple(Segment(int(g), int(r)) for g, r in b["segments"]))
+                Binding(b["module"], b["role"], tuple(Segment(int(g), int(r)) for g, r in b["segments"]), tensors)
             )
         return cls(
             groups=[ChannelGroup(**g) for g in data["groups"]],
             bindings=bindings,
             depth=[DepthSpec(d["module"], tuple(d["skippable"])) for d in data["depth"]],
             frozen=[FrozenItem(**f) for f in data["frozen"]],
-            version=version,
         )
 
     def bindings_of(self, module: str) -> list[Binding]:

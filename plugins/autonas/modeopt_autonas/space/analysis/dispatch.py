@@ -17,13 +17,16 @@ from .ops import (
     BINARY_METHODS,
     ELEMENTWISE_FUNCTIONS,
     ELEMENTWISE_METHODS,
+    FUNCTIONAL_LAYERS,
     META_ATTRS,
     SHAPE_METHODS,
     SPATIAL_FUNCTIONS,
     is_static_function,
 )
+from .params import bind_param, param_view
 from .values import (
     Chan,
+    Derived,
     Each,
     Opaque,
     Param,
@@ -35,6 +38,7 @@ from .values import (
     is_dim,
     is_tensor_like,
     neg_aligned,
+    param_sources,
 )
 
 if TYPE_CHECKING:
@@ -92,8 +96,10 @@ def _elementwise(p: _GraphPass, node: fx.Node, ignore_extra: bool = False) -> Va
     if not ignore_extra:
         for a in [*node.args[1:], *node.kwargs.values()]:
             p.freeze(p.val(a), f"passed as an extra argument to {p.desc(node)}")
-    if isinstance(x, (Chan, Opaque, Static)):
+    if isinstance(x, (Chan, Opaque, Static, Derived)):
         return x
+    if isinstance(x, Param):
+        return Derived(frozenset() if x.constant else frozenset({x.name}))
     return Opaque(f"output of {p.desc(node)}")
 
 
@@ -105,7 +111,7 @@ def _with_param(p: _GraphPass, chan: Chan, param: Param, desc: str) -> Value:
     if back is None:
         p.freeze(chan, f"combined with {param.name} {list(shape)} by {desc} (channel position unknown)")
         return chan
-    if len(shape) >= -back and shape[len(shape) + back] != 1:
+    if len(shape) >= -back and shape[len(shape) + back] != 1 and not bind_param(p, chan, param, desc):
         p.freeze(
             chan,
             f"combined with parameter {param.name} of shape {list(shape)} along the channel dim "
@@ -155,6 +161,9 @@ def _binary(p: _GraphPass, node: fx.Node) -> Value:
         return a
     if isinstance(b, Opaque):
         return b
+    sources = param_sources(Tup((a, b)))
+    if sources and (is_tensor_like(a) or is_tensor_like(b)):
+        return Derived(sources)  # e.g. gain * weight: still parameters only
     if is_tensor_like(a) or is_tensor_like(b):
         return Opaque(f"output of {desc}")
     return Static()
@@ -209,7 +218,14 @@ def _cat(p: _GraphPass, node: fx.Node) -> Value:
         return p.boundary(node)
     if not isinstance(parts, Tup):
         return p.boundary(node)
-    return layout.cat(p.freeze, p.tie, list(parts.items), dim, desc)
+    items = list(parts.items)
+    chans = [c for c in items if isinstance(c, Chan)]
+    if chans and is_dim(chans[0], dim) is False:
+        # a parameter concatenated along another dim (a class token) joins the channels' groups
+        for i, item in enumerate(items):
+            if isinstance(item, Param) and bind_param(p, chans[0], item, desc):
+                items[i] = Chan(chans[0].segs, chans[0].index, chans[0].rank, chans[0].flat)
+    return layout.cat(p.freeze, p.tie, items, dim, desc)
 
 
 def _reduce(p: _GraphPass, node: fx.Node, x: Value) -> Value:
@@ -265,6 +281,8 @@ def call_function(p: _GraphPass, node: fx.Node) -> Value:
         return Static()
     if isinstance(t, type) and issubclass(t, tuple):  # a namedtuple built by the traced code
         return Tup(tuple(p.val(a) for a in [*node.args, *node.kwargs.values()]))
+    if t in FUNCTIONAL_LAYERS:
+        return p.functional_layer(node, *FUNCTIONAL_LAYERS[t])
     if t in ELEMENTWISE_FUNCTIONS:
         return _elementwise(p, node)
     x = p.val(node.args[0]) if node.args else Static()
@@ -280,6 +298,8 @@ def call_function(p: _GraphPass, node: fx.Node) -> Value:
     if t in _CAT:
         return _cat(p, node)
     name = _LAYOUT_FUNCTIONS.get(t, "") if callable(t) else ""
+    if name and isinstance(x, Param) and name in _PARAM_VIEW_METHODS:
+        return _param_method(p, node, name, x)
     if name:
         result = _layout_common(p, node, name, x)
         if result is not None:
@@ -289,9 +309,25 @@ def call_function(p: _GraphPass, node: fx.Node) -> Value:
     return p.boundary(node)
 
 
+def _param_method(p: _GraphPass, node: fx.Node, name: str, x: Param) -> Value:
+    args = _varargs(p, node, 1, "shape" if name in ("view", "reshape") else "dims")
+    if name in ("unsqueeze",):
+        args = [p.val(p.arg(node, 1, "dim"))]
+    view = param_view(x, name, args)
+    if view is not None:
+        return view
+    return Derived(frozenset() if x.constant else frozenset({x.name}))
+
+
+_PARAM_VIEW_METHODS = frozenset({"view", "reshape", "unsqueeze", "expand", "permute", "transpose", "contiguous",
+                                 "to", "type_as", "float", "half", "clone", "detach"})
+
+
 def call_method(p: _GraphPass, node: fx.Node) -> Value:
     name = str(node.target)
     x = p.val(node.args[0])
+    if isinstance(x, Param) and name in _PARAM_VIEW_METHODS:
+        return _param_method(p, node, name, x)
     if name in SHAPE_METHODS:
         if name == "size":
             d = p.int_arg(node, 1, "dim")

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from .values import Chan, Each, Opaque, SizeOf, Static, Value, is_dim, neg_aligned
+from .values import Chan, Derived, Each, Opaque, SizeOf, Static, Value, is_dim, neg_aligned, param_sources
 
 __all__ = [
     "cat",
@@ -43,8 +43,11 @@ def _literal_int(v: Value | Any) -> int | None:
 
 
 def _non_chan(x: Value, op: str) -> Value:
-    """What a layout op makes of a value without channels."""
-    return x if isinstance(x, Static) else Opaque(f"output of {op}")
+    """What a layout op makes of a value without channels (a view of parameters stays parameter-only)."""
+    if isinstance(x, Static):
+        return x
+    sources = param_sources(x)
+    return Derived(sources) if sources else Opaque(f"output of {op}")
 
 
 def spatial(freeze: Freeze, x: Value, nd: int | None, op: str) -> Value:

@@ -21,6 +21,7 @@ __all__ = [
     "ELEMENTWISE_FUNCTIONS",
     "ELEMENTWISE_METHODS",
     "ELEMENTWISE_MODULES",
+    "FUNCTIONAL_LAYERS",
     "META_ATTRS",
     "PAD_MODULES",
     "SHAPE_METHODS",
@@ -170,6 +171,22 @@ PAD_MODULES: tuple[type[nn.Module], ...] = tuple(
     for n in (1, 2, 3)
     if hasattr(nn, f"{kind}Pad{n}d")
 )
+#: Functional ops that compute a layer from its own tensors, by the spec they share with the layer
+#: classes: op -> (spec function name, {argument name: position} of the tensors it takes). A module
+#: whose forward applies one of these to its own parameters is that layer (e.g. timm's ``BatchNormAct2d``
+#: is a ``BatchNorm2d`` whose forward calls ``F.batch_norm`` and then an activation).
+FUNCTIONAL_LAYERS: dict[Callable[..., Any], tuple[str, dict[str, int]]] = {
+    **{fn: ("channel_norm_spec", {"running_mean": 1, "running_var": 2, "weight": 3, "bias": 4})
+       for fn in _fns(F, "batch_norm instance_norm")},
+    F.layer_norm: ("layer_norm_spec", {"weight": 2, "bias": 3}),
+    F.group_norm: ("group_norm_spec", {"weight": 2, "bias": 3}),
+    F.linear: ("linear_spec", {"weight": 1, "bias": 2}),
+    **{fn: ("conv_spec", {"weight": 1, "bias": 2})
+       for fn in _fns(F, "conv1d conv2d conv3d conv_transpose1d conv_transpose2d conv_transpose3d")},
+}
+if hasattr(F, "rms_norm"):
+    FUNCTIONAL_LAYERS[F.rms_norm] = ("layer_norm_spec", {"weight": 2})
+
 #: Modules that need no special casing beyond "known leaf" (handled explicitly by the propagation).
 STATIC_MODULES: tuple[type[nn.Module], ...] = (nn.Flatten, nn.PReLU)
 

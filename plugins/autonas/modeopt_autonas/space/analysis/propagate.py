@@ -63,7 +63,7 @@ from .ops import (
     spatial_dims,
 )
 from .tracer import TracedGraph
-from .values import Chan, Opaque, Param, Static, Tup, Value, is_dim, is_tensor_like, walk
+from .values import Chan, Derived, Opaque, Param, Static, Tup, Value, is_dim, is_tensor_like, param_sources, walk
 
 __all__ = ["Context", "propagate"]
 
@@ -167,20 +167,16 @@ class _GraphPass:
 
     def tie(self, a: Chan, b: Chan, op: str) -> None:
         table = self.ctx.table
-        if len(a.segs) != len(b.segs):
-            for c in (a, b):
-                self.freeze(
-                    c,
-                    f"operands of {op} have different channel structure (a concatenation combined with "
-                    "a tensor that is not the same concatenation)",
-                )
-            return
-        for ga, gb in zip(a.segs, b.segs):
+        if len(a.segs) == 1 and len(b.segs) == 1:
+            (ga,), (gb,) = a.segs, b.segs
             sa, sb = table.size(ga), table.size(gb)
             if sa != sb and 1 in (sa, sb):
                 table.freeze(ga if sa == 1 else gb, f"width 1 broadcast against {max(sa, sb)} channels in {op}")
             else:
                 table.union(ga, gb, f"in {op}")
+            return
+        # concatenations (or a concatenation and a producer's output): tied channel by channel
+        table.union_seq(a.segs, b.segs, f"in {op}")
 
     def boundary(self, node: fx.Node) -> Value:
         values = [self.val(a) for a in node.args] + [self.val(v) for v in node.kwargs.values()]
@@ -192,7 +188,8 @@ class _GraphPass:
                 self.freeze(chan, f"flows into {desc}")
         if not any(is_tensor_like(v) for v in values) and (node.op == "call_method" or is_static_function(node.target)):
             return Static()
-        return Opaque(f"output of {desc}")
+        derived = _derived(values)
+        return derived if derived is not None else Opaque(f"output of {desc}")
 
     # -- node kinds ----------------------------------------------------------------------------
     def run(self) -> None:
@@ -222,7 +219,7 @@ class _GraphPass:
     def _get_attr(self, node: fx.Node) -> Value:
         target = str(node.target)
         if target in self.traced.constants:
-            return Param(target, tuple(self.traced.constants[target].shape))
+            return Param(target, tuple(self.traced.constants[target].shape), constant=True)
         obj: Any = self.traced.root
         for part in target.split("."):
             obj = getattr(obj, part)
@@ -281,10 +278,52 @@ class _GraphPass:
             self.freeze(self.val(a), f"flows into {what}")
         return Opaque(f"output of {what}")
 
-    def _layer(self, node: fx.Node, name: str, module: nn.Module, x: Value) -> Value:
+    def functional_layer(self, node: fx.Node, spec_name: str, positions: dict[str, int]) -> Value:
+        """A functional layer op (``F.batch_norm``, ``F.conv2d``, ...) applied to one module's own tensors,
+        inside that module's forward: the module is that layer (see ``ops.FUNCTIONAL_LAYERS``)."""
+        x = self.val(self.arg(node, 0, "input"))
+        sources: set[str] = set()
+        for key, position in positions.items():
+            value = self.val(self.arg(node, position, key))
+            if isinstance(value, Static) and value.value is None:
+                continue
+            found = param_sources(value)
+            if found is None or not found:
+                return self.boundary(node)
+            sources |= found
+        owners = {src.rpartition(".")[0] for src in sources}
+        stack = node.meta.get("nn_module_stack") or {}
+        innermost = self.traced.qualify(next(reversed(stack.values()))[0]) if stack else self.traced.scope
+        if len(owners) != 1 or innermost not in owners:
+            return self.boundary(node)  # another module's tensors, or tensors of several modules
+        (owner,) = owners
+        module = self._module(owner)
+        record = None if module is None else self.ctx.layers.layer_type(module, verified=True)
+        if module is None or record is None or getattr(record.spec, "__name__", "") != spec_name:
+            return self.boundary(node)
+        dynamic = record.dynamic_class
+        layout = dynamic.dynamic_layout(module) if dynamic is not None and hasattr(dynamic, "dynamic_layout") else {}
+        known = {t for entries in layout.values() for t, _ in entries}
+        extra = sorted({src.rpartition(".")[2] for src in sources} - known)
+        return self._layer(node, owner, module, x, verified=True, extra=extra)
+
+    def _module(self, qualified: str) -> nn.Module | None:
+        scope = self.traced.scope
+        rel = qualified if not scope else qualified[len(scope) + 1 :] if qualified.startswith(scope + ".") else None
+        if rel is None and qualified != scope:
+            return None
+        try:
+            return self.traced.root.get_submodule(rel or "")
+        except AttributeError:
+            return None
+
+    def _layer(
+        self, node: fx.Node, name: str, module: nn.Module, x: Value, *, verified: bool = False,
+        extra: list[str] | None = None,
+    ) -> Value:
         ctx, table = self.ctx, self.ctx.table
         try:
-            spec = ctx.layers.spec(module)
+            spec = ctx.layers.spec(module, verified=verified)
         except Exception as exc:
             return self._opaque_module(node, name, f"layer {name} whose spec failed ({exc})")
         widths = _widths(module)
@@ -308,10 +347,14 @@ class _GraphPass:
             if name not in ctx.out_groups:
                 ctx.out_groups[name] = table.new(out_w, producer=True)
             out_group = ctx.out_groups[name]
-            table.bind(name, "out", [(out_group, 1)], where)
+            table.bind(name, "out", [(out_group, 1)], where, tensors=self._per_channel(module, extra, out_w))
             touched.append(out_group)
             out = Chan((out_group,), spec.out_dim, None).moved(spec.out_dim, rank)
         reasons = []
+        if extra and spec.kind == "passthrough":
+            reasons.append(f"{name}: its forward also uses {extra}, which a norm's channels cannot slice")
+        elif extra and len(self._per_channel(module, extra, out_w)) != len(extra):
+            reasons.append(f"{name}: its forward also uses {extra}, not all of them per output channel")
         if spec.frozen_reason:
             reasons.append(f"{name}: {spec.frozen_reason}")
         glob = ctx.glob_match(name, ctx.frozen_globs)
@@ -321,6 +364,17 @@ class _GraphPass:
             for gid in touched:
                 table.freeze(gid, reason)
         return out
+
+    @staticmethod
+    def _per_channel(module: nn.Module, names: list[str] | None, width: int) -> tuple[tuple[str, int], ...]:
+        """The extra tensors (e.g. ``gain`` of a scaled weight-standardised conv) that hold one entry per
+        output channel along dim 0 and nothing else: they are sliced with the layer's ``out`` dim."""
+        out = []
+        for tname in names or ():
+            t = module._parameters.get(tname, module._buffers.get(tname))
+            if t is not None and t.ndim >= 1 and t.shape[0] == width and t.numel() == width:
+                out.append((tname, 0))
+        return tuple(out)
 
     def _input_segments(self, x: Value, in_dim: int, width: int, name: str, module: nn.Module) -> list[tuple[int, int]]:
         table = self.ctx.table
@@ -359,6 +413,14 @@ class _GraphPass:
 
     def _call_method(self, node: fx.Node) -> Value:
         return dispatch.call_method(self, node)
+
+
+def _derived(values: list[Value]) -> Value | None:
+    """``Derived`` when the values are parameter-only and at least one is a tensor, else None."""
+    sources = param_sources(Tup(tuple(values)))
+    if sources is None or not any(isinstance(v, (Param, Derived)) for v in values):
+        return None
+    return Derived(sources)
 
 
 def _is_metadata_use(user: fx.Node) -> bool:

@@ -75,10 +75,28 @@ class SizeOf:
 
 @dataclass(frozen=True)
 class Param:
-    """A parameter, buffer or constant tensor of known shape (``get_attr``)."""
+    """A parameter, buffer or constant tensor of known shape (``get_attr``), or a view of one.
+
+    ``dims[i]`` is the dim of the stored tensor that dim ``i`` of this value is (None for a dim a
+    view added); None for the stored tensor itself. ``constant`` marks a traced constant (no owner).
+    """
 
     name: str
     shape: tuple[int, ...]
+    dims: tuple[int | None, ...] | None = None
+    constant: bool = False
+
+    def source_dim(self, i: int) -> int | None:
+        """The stored tensor's dim that dim ``i`` (may be negative) of this value is."""
+        i %= len(self.shape)
+        return i if self.dims is None else self.dims[i]
+
+
+@dataclass(frozen=True)
+class Derived:
+    """A tensor computed from parameters alone (no activation flows in), e.g. a standardised weight."""
+
+    params: frozenset[str]
 
 
 @dataclass(frozen=True)
@@ -95,7 +113,7 @@ class Each:
     item: Value
 
 
-Value = Union[Chan, Opaque, Static, ShapeOf, SizeOf, Param, Tup, Each]
+Value = Union[Chan, Opaque, Static, ShapeOf, SizeOf, Param, Derived, Tup, Each]
 
 
 def is_dim(value: Chan, dim: int) -> bool | None:
@@ -136,4 +154,21 @@ def walk(value: Value) -> list[Chan]:
 
 def is_tensor_like(value: Value) -> bool:
     """Whether ``value`` may be a tensor (as opposed to a Python number or shape)."""
-    return isinstance(value, (Chan, Opaque, Param, Tup, Each))
+    return isinstance(value, (Chan, Opaque, Param, Derived, Tup, Each))
+
+
+def param_sources(value: Value) -> frozenset[str] | None:
+    """The parameters a parameter-only value is computed from; None when an activation (or anything
+    of unknown origin) flows into it."""
+    if isinstance(value, Param):
+        return frozenset() if value.constant else frozenset({value.name})
+    if isinstance(value, Derived):
+        return value.params
+    if isinstance(value, Tup):
+        parts = [param_sources(v) for v in value.items]
+        if any(p is None for p in parts):
+            return None
+        return frozenset().union(*(p for p in parts if p is not None))
+    if isinstance(value, (Static, ShapeOf, SizeOf)):
+        return frozenset()
+    return None

@@ -47,12 +47,14 @@ from .norm import (
     DynamicSyncBatchNorm,
 )
 from .sequential import DynamicSequential
+from .tensors import DynamicTensors
 
 __all__ = [
     "BUILTIN_LAYER_TYPES",
     "DimBinding",
     "DynamicModule",
     "DynamicSequential",
+    "DynamicTensors",
     "attr_view",
     "buffer_view",
     "dynamic_class_for",

@@ -136,19 +136,30 @@ def attr_view(name: str) -> property:
     return property(get, set, doc=f"The active value of ``{name}``.")
 
 
-_GENERATED: dict[tuple[type, type], type] = {}
+_GENERATED: dict[tuple[type, type, tuple[tuple[str, str], ...]], type] = {}
 
 
-def dynamic_class_for(dynamic_cls: type[DynamicModule], module_cls: type[nn.Module]) -> type[DynamicModule]:
+def dynamic_class_for(
+    dynamic_cls: type[DynamicModule], module_cls: type[nn.Module], views: tuple[tuple[str, str], ...] = ()
+) -> type[DynamicModule]:
     """The dynamic class for an instance of ``module_cls``: ``dynamic_cls`` itself when it derives from
-    ``module_cls`` directly, else a generated subclass of both (so the instance stays a ``module_cls``)."""
-    if dynamic_cls.__bases__[-1] is module_cls:
+    ``module_cls`` directly (and needs no extra views), else a generated subclass of both (so the
+    instance stays a ``module_cls``).
+
+    Args:
+        views: ``(slot, name)`` pairs (``slot``: ``"_parameters"`` or ``"_buffers"``) of further tensors
+            that get a view property on the generated class: tensors the structure slices besides the
+            ones the dynamic class declares (e.g. a subclass's extra per-channel parameter).
+    """
+    views = tuple(v for v in views if not isinstance(getattr(dynamic_cls, v[1], None), property))
+    if dynamic_cls.__bases__[-1] is module_cls and not views:
         return dynamic_cls
-    key = (dynamic_cls, module_cls)
+    key = (dynamic_cls, module_cls, views)
     if key not in _GENERATED:
-        _GENERATED[key] = type(
-            f"Dynamic{module_cls.__name__}", (dynamic_cls, module_cls), {"__module__": dynamic_cls.__module__}
-        )
+        namespace: dict[str, Any] = {"__module__": dynamic_cls.__module__}
+        for slot, name in views:
+            namespace[name] = _tensor_view(slot, name, f"The active part of ``{name}``.")
+        _GENERATED[key] = type(f"Dynamic{module_cls.__name__}", (dynamic_cls, module_cls), namespace)
     return _GENERATED[key]
 
 
@@ -178,18 +189,38 @@ class DynamicModule(nn.Module):
 
     # ---- conversion -------------------------------------------------------------------------------
     @classmethod
-    def convert(cls, module: nn.Module, dims: dict[str, DimBinding], **extra: Any) -> nn.Module:
-        """Convert ``module`` in place; ``dims`` maps roles to their channel-group bindings."""
+    def convert(
+        cls,
+        module: nn.Module,
+        dims: dict[str, DimBinding],
+        tensors: dict[str, tuple[tuple[str, int], ...]] | None = None,
+        **extra: Any,
+    ) -> nn.Module:
+        """Convert ``module`` in place; ``dims`` maps roles to their channel-group bindings.
+
+        Args:
+            tensors: per role, further ``(tensor name, dim)`` pairs it slices besides the class's
+                ``dynamic_layout`` (from the structure: a subclass's extra per-channel tensors, or the
+                tensors of ``"tensor:<name>"`` roles).
+        """
         original_cls = type(module)
         d = module.__dict__
+        layout = {role: tuple(entries) for role, entries in cls.dynamic_layout(module).items()}
+        for role, entries in (tensors or {}).items():
+            layout[role] = (*layout.get(role, ()), *(e for e in entries if e not in layout.get(role, ())))
+        named = {name for entries in layout.values() for name, _ in entries}
+        views = tuple(
+            ("_parameters" if name in module._parameters else "_buffers", name)
+            for name in sorted(named)
+            if name in module._parameters or name in module._buffers
+        )
         d["_dyn_original_cls"] = original_cls
         d["_dyn_dims"] = dims
         d["_dyn_plan"] = None
         for k, v in extra.items():
             d[f"_dyn_{k}"] = v
-        target = dynamic_class_for(cls, original_cls)
-        d["_dyn_layout_map"] = target.dynamic_layout(module)
-        module.__class__ = target
+        d["_dyn_layout_map"] = layout
+        module.__class__ = dynamic_class_for(cls, original_cls, views)
         return module
 
     # ---- the public contract ----------------------------------------------------------------------
