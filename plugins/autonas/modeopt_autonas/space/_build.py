@@ -16,7 +16,7 @@ from .dynamic import DimBinding, DynamicModule, DynamicSequential, DynamicTensor
 from .errors import SearchSpaceError, StructureMismatchError
 from .hparam import Hparam, make_divisible
 from .layers import LAYERS
-from .structure import ROLES, TENSOR_ROLE_PREFIX, Binding, SpaceStructure, is_role
+from .structure import ATTR_ROLE_PREFIX, ROLES, TENSOR_ROLE_PREFIX, Binding, SpaceStructure, is_follower, is_role
 
 _log = logging.getLogger(__name__)
 
@@ -112,6 +112,12 @@ def _validate(model: nn.Module, structure: SpaceStructure, modules: dict[str, nn
                 _fail(f"tensor binding {b.module!r}/{b.role} names no tensor")
             _check_tensors(b, m, width)
             continue
+        if b.role.startswith(ATTR_ROLE_PREFIX):
+            attr = b.role.removeprefix(ATTR_ROLE_PREFIX)
+            value = m.__dict__.get(attr)
+            if type(value) is not int or value != width:
+                _fail(f"attribute binding {b.module!r}/{b.role}: {attr} is {value!r}, not the width {width}")
+            continue
         dyn = _dynamic_class(m)
         if dyn is None:
             continue
@@ -170,8 +176,8 @@ def _group_hparam(
     multiples: set[int] = set()
     sortable = True
     for b, m in members:
-        if b.role.startswith(TENSOR_ROLE_PREFIX):
-            continue  # a tensor follows the group's layers: it adds no rule and no constraint
+        if is_follower(b.role):
+            continue  # a tensor or attribute follows the group's layers: it adds no rule and no constraint
         dyn, record = _dynamic_class(m), LAYERS.layer_type(m, verified=True)
         spec = None if record is None else record.spec(m)
         if dyn is None or record is None or spec is None:
@@ -222,7 +228,7 @@ def build(model: nn.Module, structure: SpaceStructure, rules: RulesFn) -> Built:
     _validate(model, structure, modules)
 
     ruled = sorted(
-        {b.module for b in structure.bindings if not b.role.startswith(TENSOR_ROLE_PREFIX)}
+        {b.module for b in structure.bindings if not is_follower(b.role)}
         | {d.module for d in structure.depth},
         key=lambda n: order[n],
     )
@@ -259,8 +265,8 @@ def build(model: nn.Module, structure: SpaceStructure, rules: RulesFn) -> Built:
             named.append(((len(order), 1, gid), f"group{gid}", hp, reason or "not bound to any module"))
             continue
         b, i, _ = min(entries, key=lambda e: (_priority(e[0].role), order[e[0].module], e[1]))
-        dyn = None if b.role.startswith(TENSOR_ROLE_PREFIX) else _dynamic_class(modules[b.module])
-        attr = dyn.dynamic_roles.get(b.role, b.role) if dyn is not None else b.role.removeprefix(TENSOR_ROLE_PREFIX)
+        dyn = None if is_follower(b.role) else _dynamic_class(modules[b.module])
+        attr = dyn.dynamic_roles.get(b.role, b.role) if dyn is not None else b.role.split(":", 1)[1]
         name = _qualified(b.module, attr) + (f".{i}" if len(b.segments) > 1 else "")
         named.append(((order[b.module], 1, _priority(b.role), i), name, hp, reason))
 
@@ -323,7 +329,7 @@ def _convert(
             built.group_hparams[s.group].is_configurable for b in own for s in b.segments
         )
         if needed:
-            layered = any(not b.role.startswith(TENSOR_ROLE_PREFIX) for b in own) or kernel is not None
+            layered = any(not is_follower(b.role) for b in own) or kernel is not None
             dyn = _dynamic_class(m) if layered else DynamicTensors
             assert dyn is not None  # groups touching modules without one are frozen
             dims = {b.role: DimBinding([(built.group_hparams[s.group], s.repeat) for s in b.segments]) for b in own}

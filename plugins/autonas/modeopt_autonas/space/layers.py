@@ -22,6 +22,7 @@ __all__ = [
     "LayerType",
     "channel_norm_spec",
     "conv_spec",
+    "embedding_spec",
     "group_norm_spec",
     "layer_norm_spec",
     "linear_spec",
@@ -34,7 +35,8 @@ class LayerSpec:
 
     Attributes:
         kind: ``"producer"`` when the output width is independent of the input width (conv, linear:
-            roles ``"in"`` and ``"out"``); ``"passthrough"`` when the output channels are the
+            roles ``"in"`` and ``"out"``); ``"source"`` for a producer whose input holds no channels
+            (an embedding looks up token ids: role ``"out"`` only); ``"passthrough"`` when the output channels are the
             input channels (norms, depthwise/grouped convs with in == out: role ``"features"``
             for norms, roles ``"in"`` and ``"out"`` bound to the same group for grouped convs).
         in_dim: the dim of the input tensor that holds channels (``1`` for N,C,... tensors,
@@ -72,6 +74,11 @@ def conv_spec(m: nn.Module) -> LayerSpec:
 def linear_spec(m: nn.Module) -> LayerSpec:
     """Linear layers: producers over the last dim."""
     return LayerSpec("producer", -1, -1)
+
+
+def embedding_spec(m: nn.Module) -> LayerSpec:
+    """Embeddings: a source of ``embedding_dim`` features (the last dim) from token ids."""
+    return LayerSpec("source", -1, -1)
 
 
 def channel_norm_spec(m: nn.Module) -> LayerSpec:

@@ -6,9 +6,18 @@ from typing import Any
 
 from torch import nn
 
-from modeopt_core import ConvertError, Metadata, ModeConfig, ModeDescriptor, get_plugin_manager, unwrap_model
+from modeopt_core import (
+    ConfigError,
+    ConvertError,
+    Metadata,
+    ModeConfig,
+    ModeDescriptor,
+    get_plugin_manager,
+    unwrap_model,
+)
 
 from .analysis import AnalysisReport, analyze
+from .analysis.examples import example_input
 from .rules import ExportConfig, NASRuleConfig, module_type_alias
 from .search_space import SearchSpace
 from .structure import SpaceStructure
@@ -107,8 +116,14 @@ class NASModeBase(ModeDescriptor):
     def export_mode(self) -> str | None:
         return "export_nas"
 
-    def build_space(self, model: nn.Module, config: NASRuleConfig) -> SearchSpace:
-        """Analyse ``model`` and convert it in place into a search space."""
+    def build_space(self, model: nn.Module, config: NASRuleConfig, dummy_input: Any = None) -> SearchSpace:
+        """Analyse ``model`` and convert it in place into a search space.
+
+        Args:
+            dummy_input: an input to trace ``model`` on (see :func:`~modeopt_autonas.space.analyze`);
+                default: one built for models that describe their input (Hugging Face, timm and
+                torchvision transformers), else a symbolic trace.
+        """
         if has_search_space(model):
             raise ConvertError("the model already carries a search space; export it before converting again")
         # Trace in train mode: branches that only run in training (e.g. googlenet's aux heads) must be
@@ -116,7 +131,10 @@ class NASModeBase(ModeDescriptor):
         flags = [(m, m.training) for m in model.modules()]
         try:
             model.train(True)
-            result = analyze(model, leaf_modules=config.leaf_modules, frozen_modules=config.frozen_modules)
+            example = dummy_input if dummy_input is not None else example_input(model)
+            result = analyze(
+                model, leaf_modules=config.leaf_modules, frozen_modules=config.frozen_modules, example=example
+            )
         finally:
             for m, flag in flags:
                 m.training = flag
@@ -127,8 +145,15 @@ class NASModeBase(ModeDescriptor):
         return space
 
     def convert(self, model: nn.Module, config: ModeConfig, **mode_kwargs: Any) -> tuple[nn.Module, Metadata]:
+        """``mode_kwargs``: ``dummy_input`` (optional), an input to trace the model on (not recorded)."""
         assert isinstance(config, NASRuleConfig)
-        space = self.build_space(model, config)
+        unknown = sorted(set(mode_kwargs) - {"dummy_input"})
+        if unknown:
+            raise ConfigError(
+                f"mode {self.name!r} got unknown mode_kwargs {unknown}; it accepts only 'dummy_input' "
+                "(an input to trace the model on)"
+            )
+        space = self.build_space(model, config, mode_kwargs.get("dummy_input"))
         space.sample("max")
         _set_space(model, space)
         self.on_space_ready(model, space, config)

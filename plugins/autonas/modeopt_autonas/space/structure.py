@@ -17,9 +17,12 @@ from typing import Any
 #:  - ``"features"``: the single channel dim of a norm layer (BN/IN ``num_features``, LayerNorm last
 #:    dim, GroupNorm ``num_channels``); it is both consumed and produced.
 #: Besides these, a role ``"tensor:<name>"`` ties one tensor of any module (a layer scale ``gamma``, a
-#: per-channel bias) to a group: the binding's ``tensors`` say which dim of it is sliced.
+#: per-channel bias) to a group: the binding's ``tensors`` say which dim of it is sliced; and a role
+#: ``"attr:<name>"`` makes an int attribute of any module (``num_heads``, ``split_size``) follow the
+#: width of its segments.
 ROLES = ("out", "in", "features")
 TENSOR_ROLE_PREFIX = "tensor:"
+ATTR_ROLE_PREFIX = "attr:"
 
 STRUCTURE_VERSION = 2
 #: versions this build reads (1: before tensor roles and extra tensors)
@@ -28,7 +31,14 @@ READABLE_VERSIONS = (1, 2)
 
 def is_role(role: str) -> bool:
     """Whether ``role`` is a layer role or a well-formed tensor role."""
-    return role in ROLES or (role.startswith(TENSOR_ROLE_PREFIX) and len(role) > len(TENSOR_ROLE_PREFIX))
+    return role in ROLES or any(
+        role.startswith(prefix) and len(role) > len(prefix) for prefix in (TENSOR_ROLE_PREFIX, ATTR_ROLE_PREFIX)
+    )
+
+
+def is_follower(role: str) -> bool:
+    """Whether ``role`` follows a group without constraining it (a tensor or an attribute role)."""
+    return role.startswith((TENSOR_ROLE_PREFIX, ATTR_ROLE_PREFIX))
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx
 
-from . import layout
+from . import layout, shaped
 from .ops import (
     BINARY_FUNCTIONS,
     BINARY_METHODS,
@@ -55,6 +55,7 @@ _TRANSPOSE_FUNCTIONS = {torch.transpose, torch.swapaxes, torch.swapdims}
 _TRANSPOSE_METHODS = frozenset({"transpose", "swapaxes", "swapdims"})
 _IGNORE_EXTRA_METHODS = frozenset({"to", "type_as", "type"})  # extra args only give a dtype/device
 _ASSERTS = {torch._assert}
+_MATMUL = {operator.matmul, torch.matmul, torch.bmm}
 #: ``torch.f(x, ...)`` forms of the layout methods, by method name.
 _LAYOUT_FUNCTIONS: dict[Any, str] = {
     torch.flatten: "flatten",
@@ -152,6 +153,9 @@ def _binary(p: _GraphPass, node: fx.Node) -> Value:
             return chan
         if isinstance(other, Param):
             return _with_param(p, chan, other, desc)
+        other_arg = (node.args[1] if len(node.args) > 1 else node.kwargs.get("other")) if chan is a else node.args[0]
+        if shaped.broadcasts(chan, p.shape(other_arg)):
+            return chan  # e.g. RoPE's cos/sin or a normalisation statistic: size 1 at the channel dim
         origin = other.origin if isinstance(other, Opaque) else "a value of unknown layout"
         p.freeze(chan, f"combined with {origin} by {desc}")
         # Keep following the (now frozen) channels, assuming the usual same-shape operands:
@@ -259,7 +263,12 @@ def _layout_common(p: _GraphPass, node: fx.Node, name: str, x: Value) -> Value |
         d = p.int_arg(node, 1, "dim")
         return layout.squeeze(p.freeze, x, d if isinstance(d, int) else None, desc)
     if name in ("view", "reshape"):
-        return layout.view(p.freeze, x, _varargs(p, node, 1, "shape"), desc)
+        args = _varargs(p, node, 1, "shape")
+        if isinstance(x, Chan):
+            shaped_out = shaped.reshape(p, node, x, args, desc)
+            if shaped_out is not None:
+                return shaped_out
+        return layout.view(p.freeze, x, args, desc)
     if name in _REDUCE_METHODS:
         return _reduce(p, node, x)
     if name in _SPLIT_METHODS or name == "unbind":
@@ -283,6 +292,11 @@ def call_function(p: _GraphPass, node: fx.Node) -> Value:
         return Tup(tuple(p.val(a) for a in [*node.args, *node.kwargs.values()]))
     if t in FUNCTIONAL_LAYERS:
         return p.functional_layer(node, *FUNCTIONAL_LAYERS[t])
+    if t is F.scaled_dot_product_attention:
+        return shaped.attention(p, node, p.desc(node))
+    if t in _MATMUL:
+        out = shaped.matmul(p, node, p.desc(node))
+        return out if out is not None else p.boundary(node)
     if t in ELEMENTWISE_FUNCTIONS:
         return _elementwise(p, node)
     x = p.val(node.args[0]) if node.args else Static()
@@ -328,6 +342,9 @@ def call_method(p: _GraphPass, node: fx.Node) -> Value:
     x = p.val(node.args[0])
     if isinstance(x, Param) and name in _PARAM_VIEW_METHODS:
         return _param_method(p, node, name, x)
+    if name in ("matmul", "bmm"):
+        out = shaped.matmul(p, node, p.desc(node))
+        return out if out is not None else p.boundary(node)
     if name in SHAPE_METHODS:
         if name == "size":
             d = p.int_arg(node, 1, "dim")

@@ -5,8 +5,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from torch import nn
+
+from modeopt_core.sdk import unpack_dummy_input
 
 from ..errors import SearchSpaceError
 from ..layers import LAYERS, LayerRegistry
@@ -49,14 +52,20 @@ def analyze(
     layers: LayerRegistry = LAYERS,
     leaf_modules: Sequence[str] = (),
     frozen_modules: Sequence[str] = (),
+    example: Any = None,
 ) -> AnalysisResult:
-    """Find the channel dims of ``model`` that must shrink together, without running or changing it.
+    """Find the channel dims of ``model`` that must shrink together, without changing it.
 
     Args:
         layers: which module types have channels the search space can change.
         leaf_modules: globs of module names not to trace into; channels flowing into or out of
             them are frozen. A glob naming a container covers everything inside it.
         frozen_modules: globs of module names whose widths must not change.
+        example: an input of ``model`` in the dummy-input convention (a tensor, a tuple of positional
+            arguments, optionally ending with a dict of keyword arguments). With it the model is traced
+            on that input (one real forward; buffers and random state are put back): shape-dependent
+            Python and decorated forwards trace, and shape-aware rules apply (attention heads, token
+            reshapes). Without it, ``torch.fx`` traces symbolically (no forward pass) where it can.
     """
     if not isinstance(model, nn.Module):
         raise AnalysisInputError(f"analyze() needs a torch.nn.Module, got {type(model).__name__}")
@@ -69,7 +78,8 @@ def analyze(
             or ctx.glob_match(name, ctx.leaf_globs) is not None
         )
 
-    traced = trace_model(model, is_leaf)
+    call = None if example is None else unpack_dummy_input(example)
+    traced = trace_model(model, is_leaf, call)
     ctx.failed.update(traced.failed)
     for graph in traced.graphs:
         propagate(ctx, graph)

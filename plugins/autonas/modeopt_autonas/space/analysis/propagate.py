@@ -63,6 +63,7 @@ from .ops import (
     spatial_dims,
 )
 from .tracer import TracedGraph
+from .value_tracer import SHAPE_KEY
 from .values import Chan, Derived, Opaque, Param, Static, Tup, Value, is_dim, is_tensor_like, param_sources, walk
 
 __all__ = ["Context", "propagate"]
@@ -100,6 +101,8 @@ class Context:
 
 
 def _widths(module: nn.Module) -> tuple[int, int] | None:
+    if isinstance(getattr(module, "embedding_dim", None), int):
+        return 0, module.embedding_dim
     for a_in, a_out in (("in_channels", "out_channels"), ("in_features", "out_features")):
         if isinstance(getattr(module, a_in, None), int) and isinstance(getattr(module, a_out, None), int):
             return getattr(module, a_in), getattr(module, a_out)
@@ -192,10 +195,26 @@ class _GraphPass:
         return derived if derived is not None else Opaque(f"output of {desc}")
 
     # -- node kinds ----------------------------------------------------------------------------
+    def shape(self, arg: Any) -> tuple[int, ...] | None:
+        """The shape of a tensor argument on the example input (traced with values), else None."""
+        if isinstance(arg, fx.Node):
+            shape = arg.meta.get(SHAPE_KEY)
+            return shape if isinstance(shape, tuple) else None
+        return None
+
+    def _with_rank(self, node: fx.Node, value: Value) -> Value:
+        """A channel value whose rank the example's shape tells (traced with values)."""
+        shape = self.shape(node)
+        if isinstance(value, Chan) and shape is not None and value.rank is None:
+            index = value.index if value.index >= 0 else value.index + len(shape)
+            if 0 <= index < len(shape):
+                return Chan(value.segs, index, len(shape), value.flat)
+        return value
+
     def run(self) -> None:
         for node in self.traced.graph.nodes:
             try:
-                self.env[node] = getattr(self, f"_{node.op}")(node)
+                self.env[node] = self._with_rank(node, getattr(self, f"_{node.op}")(node))
             except Exception as exc:  # never let a surprising op abort the whole analysis
                 msg = f"analysis error at {node.format_node()}: {type(exc).__name__}: {exc}"
                 _log.warning("%s", msg)
@@ -331,6 +350,15 @@ class _GraphPass:
             return self._opaque_module(node, name, f"layer {name} of unknown channel width")
         in_w, out_w = widths
         where = self.where(node)
+        if spec.kind == "source":  # e.g. an embedding: token ids in, a fresh group of features out
+            if name not in ctx.out_groups:
+                ctx.out_groups[name] = table.new(out_w, producer=True)
+            out_group = ctx.out_groups[name]
+            table.bind(name, "out", [(out_group, 1)], where)
+            glob = ctx.glob_match(name, ctx.frozen_globs)
+            if glob is not None:
+                table.freeze(out_group, f"frozen by user glob {glob!r}")
+            return Chan((out_group,), spec.out_dim, None)
         if isinstance(x, Chan) and x.rank is None and {spec.in_dim, x.index} == {1, -1}:
             x = x.moved(x.index, 2)  # e.g. Linear -> BatchNorm1d on a tensor of unknown rank: (N, C)
         segs = self._input_segments(x, spec.in_dim, in_w, name, module)

@@ -8,6 +8,7 @@ a root that cannot be traced at all is replaced by separate traces of its childr
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 from collections.abc import Callable
@@ -16,6 +17,8 @@ from typing import Any
 
 import torch
 from torch import fx, nn
+
+from .value_tracer import Example, ValueTracer, bind_example, capture_inputs, preserved_state
 
 __all__ = ["ModuleCall", "TraceResult", "TracedGraph", "trace_model"]
 
@@ -89,6 +92,15 @@ class _ChannelTracer(fx.Tracer):
         self.calls: list[ModuleCall] = []
         self.constants: dict[str, torch.Tensor] = {}
         self.failure: tuple[str, BaseException] | None = None
+        self._buffers: dict[int, str] | None = None
+        self.inputs: dict[str, Any] = {}
+        self._eager = 0
+
+    def _buffer_names(self) -> dict[int, str]:
+        """id -> name of the root's buffers (computed once: a scan per tensor argument is quadratic)."""
+        if self._buffers is None:
+            self._buffers = {id(b): name for name, b in self.root.named_buffers()}
+        return self._buffers
 
     def _qualify(self, name: str) -> str:
         if not self._scope:
@@ -102,6 +114,8 @@ class _ChannelTracer(fx.Tracer):
         )
 
     def call_module(self, m: nn.Module, forward: Callable[..., Any], args: Any, kwargs: Any) -> Any:
+        if self._eager:
+            return forward(*args, **kwargs)
         name = self.path_of_module(m)
         leaf = self.is_leaf_module(m, name)
         try:
@@ -124,7 +138,7 @@ class _ChannelTracer(fx.Tracer):
     def create_arg(self, a: Any) -> Any:
         # fx would setattr a non-parameter constant tensor onto the root; keep it here instead.
         if isinstance(a, torch.Tensor) and not isinstance(a, nn.Parameter) and a not in self.tensor_attrs:
-            if not any(a is b for _, b in self.root.named_buffers()):
+            if id(a) not in self._buffer_names():
                 name = f"_modeopt_constant_{len(self.constants)}"
                 self.tensor_attrs[a] = name
                 self.constants[name] = a
@@ -140,15 +154,29 @@ def _leaf_graph(module: nn.Module, scope: str) -> TracedGraph:
     return TracedGraph(graph, module, scope, [ModuleCall(scope, x, y, True)])
 
 
-def _trace_one(module: nn.Module, scope: str, is_leaf: LeafPredicate, failed: dict[str, str]) -> TracedGraph | None:
+class _ValueChannelTracer(ValueTracer, _ChannelTracer):
+    """The channel tracer with value-carrying proxies (``value_tracer``)."""
+
+
+def _trace_one(
+    module: nn.Module, scope: str, is_leaf: LeafPredicate, failed: dict[str, str], example: Example | None = None
+) -> TracedGraph | None:
     """Trace ``module``, making failing submodules leaves; None when ``module`` itself fails."""
     if is_leaf(module, scope):
         return _leaf_graph(module, scope)
-    concrete = _concrete_args(module)
+    inputs: dict[str, Any] = {}
+    if example is not None:
+        inputs, concrete = bind_example(module, example)
+    else:
+        concrete = _concrete_args(module)
     while True:
-        tracer = _ChannelTracer(is_leaf, failed, scope)
+        tracer = _ValueChannelTracer(is_leaf, failed, scope) if example is not None else _ChannelTracer(
+            is_leaf, failed, scope
+        )
+        tracer.inputs = inputs
         try:
-            graph = tracer.trace(module, concrete_args=concrete or None)
+            with preserved_state(module) if example is not None else contextlib.nullcontext():
+                graph = tracer.trace(module, concrete_args=concrete or None)
         except Exception as exc:
             owner, error = tracer.failure if tracer.failure else (scope, exc)
             if owner in failed or owner == scope:
@@ -168,16 +196,30 @@ def _trace_one(module: nn.Module, scope: str, is_leaf: LeafPredicate, failed: di
         return TracedGraph(graph, module, scope, [*tracer.calls, root_call], tracer.constants, concrete)
 
 
-def trace_model(model: nn.Module, is_leaf: LeafPredicate) -> TraceResult:
-    """Trace ``model``; untraceable submodules are analysed through separate traces of their children."""
+def trace_model(model: nn.Module, is_leaf: LeafPredicate, example: Example | None = None) -> TraceResult:
+    """Trace ``model``; untraceable submodules are analysed through separate traces of their children.
+
+    Args:
+        example: ``(args, kwargs)`` of a call of ``model``: trace with values (``value_tracer``), so shape-
+            dependent Python and decorated forwards trace, and nodes carry shapes. Children traced on
+            their own get the arguments they receive in a real forward on the example.
+    """
     failed: dict[str, str] = {}
     graphs: list[TracedGraph] = []
     queue: list[tuple[str, nn.Module]] = [("", model)]
+    examples: dict[str, Example] = {"": example} if example is not None else {}
     expanded: set[str] = set()
     while queue:
+        if example is not None:
+            missing = {scope for scope, _ in queue if scope not in examples}
+            if missing:
+                examples.update(capture_inputs(model, example, missing))
         scope, module = queue.pop(0)
         known_failures = set(failed)
-        traced = _trace_one(module, scope, is_leaf, failed)
+        if example is not None and scope not in examples:
+            failed.setdefault(scope, "never called when the model runs on the example input")
+            continue
+        traced = _trace_one(module, scope, is_leaf, failed, examples.get(scope))
         if traced is not None:
             graphs.append(traced)
         for name in sorted(set(failed) - known_failures):
@@ -185,8 +227,18 @@ def trace_model(model: nn.Module, is_leaf: LeafPredicate) -> TraceResult:
                 continue
             expanded.add(name)
             owner = model.get_submodule(name) if name else model
-            for child_name, child in owner.named_children():
-                qualified = f"{name}.{child_name}" if name else child_name
-                if not is_leaf(child, qualified) and not fx.Tracer().is_leaf_module(child, qualified):
-                    queue.append((qualified, child))
+            queue.extend(_children_to_trace(owner, name, is_leaf))
     return TraceResult(graphs, failed)
+
+
+def _children_to_trace(owner: nn.Module, name: str, is_leaf: LeafPredicate) -> list[tuple[str, nn.Module]]:
+    """The children of an untraceable module to trace on their own; containers that are not called
+    themselves (``ModuleList``, ``ModuleDict``) are looked through."""
+    out: list[tuple[str, nn.Module]] = []
+    for child_name, child in owner.named_children():
+        qualified = f"{name}.{child_name}" if name else child_name
+        if isinstance(child, (nn.ModuleList, nn.ModuleDict)):
+            out.extend(_children_to_trace(child, qualified, is_leaf))
+        elif not is_leaf(child, qualified) and not fx.Tracer().is_leaf_module(child, qualified):
+            out.append((qualified, child))
+    return out

@@ -20,6 +20,7 @@ from ..layers import (
     LayerType,
     channel_norm_spec,
     conv_spec,
+    embedding_spec,
     group_norm_spec,
     layer_norm_spec,
     linear_spec,
@@ -34,7 +35,7 @@ from .conv import (
     DynamicConvTranspose3d,
     kernel_size_choices,
 )
-from .linear import DynamicLinear
+from .linear import DynamicEmbedding, DynamicLinear
 from .norm import (
     DynamicBatchNorm1d,
     DynamicBatchNorm2d,
@@ -76,6 +77,7 @@ BUILTIN_LAYER_TYPES: tuple[LayerType, ...] = (
         )
     ),
     LayerType(nn.Linear, linear_spec, DynamicLinear, rules="features"),
+    LayerType(nn.Embedding, embedding_spec, DynamicEmbedding, rules="features"),
     *(
         LayerType(cls, channel_norm_spec, dyn, rules="features")
         for cls, dyn in (

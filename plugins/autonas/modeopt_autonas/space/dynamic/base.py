@@ -152,13 +152,17 @@ def dynamic_class_for(
             ones the dynamic class declares (e.g. a subclass's extra per-channel parameter).
     """
     views = tuple(v for v in views if not isinstance(getattr(dynamic_cls, v[1], None), property))
+    # ("_attr", name): an int attribute that follows the subnet (an "attr:<name>" role)
     if dynamic_cls.__bases__[-1] is module_cls and not views:
         return dynamic_cls
     key = (dynamic_cls, module_cls, views)
     if key not in _GENERATED:
         namespace: dict[str, Any] = {"__module__": dynamic_cls.__module__}
         for slot, name in views:
-            namespace[name] = _tensor_view(slot, name, f"The active part of ``{name}``.")
+            if slot == "_attr":
+                namespace[name] = attr_view(name)
+            else:
+                namespace[name] = _tensor_view(slot, name, f"The active part of ``{name}``.")
         _GENERATED[key] = type(f"Dynamic{module_cls.__name__}", (dynamic_cls, module_cls), namespace)
     return _GENERATED[key]
 
@@ -213,7 +217,7 @@ class DynamicModule(nn.Module):
             ("_parameters" if name in module._parameters else "_buffers", name)
             for name in sorted(named)
             if name in module._parameters or name in module._buffers
-        )
+        ) + tuple(("_attr", role.split(":", 1)[1]) for role in sorted(dims) if role.startswith("attr:"))
         d["_dyn_original_cls"] = original_cls
         d["_dyn_dims"] = dims
         d["_dyn_plan"] = None
@@ -323,7 +327,9 @@ class DynamicModule(nn.Module):
                 continue
             tensors[name] = _TensorIndex(t.ndim, {dim % t.ndim: ix for dim, ix in per_dim.items()})
         widths = {role: binding.width() for role, binding in self.__dict__["_dyn_dims"].items()}
-        return _Plan(key, tensors, self.dynamic_attrs(widths), self._dyn_plan_extra())
+        attrs = self.dynamic_attrs(widths)
+        attrs.update({role.split(":", 1)[1]: w for role, w in widths.items() if role.startswith("attr:")})
+        return _Plan(key, tensors, attrs, self._dyn_plan_extra())
 
     def _dyn_tensor_index(self, name: str) -> _TensorIndex | None:
         return self._dyn_sync().tensors.get(name)
