@@ -166,7 +166,7 @@ def _rel_diff(a: Any, b: Any) -> float:
 
 def _census(model: Any) -> dict[str, int]:
     """Modules that subclass a registered layer but override forward (the registry skips them)."""
-    from modeopt_autonas.layers import LAYERS
+    from modeopt_autonas.space.layers import LAYERS
 
     registered = tuple(LAYERS.registered())
     found: Counter[str] = Counter()
@@ -179,9 +179,9 @@ def _census(model: Any) -> dict[str, int]:
 
 def _watch_boundaries() -> tuple[list[tuple[str, bool]], Any]:
     """Record every op/module the propagation treats as a boundary (observation only)."""
-    from modeopt_autonas.analysis import propagate as prop
-    from modeopt_autonas.analysis.ops import op_name
-    from modeopt_autonas.analysis.values import Chan, walk
+    from modeopt_autonas.space.analysis import propagate as prop
+    from modeopt_autonas.space.analysis.ops import op_name
+    from modeopt_autonas.space.analysis.values import Chan, walk
 
     seen: list[tuple[str, bool]] = []
     orig_boundary, orig_opaque = prop._GraphPass.boundary, prop._GraphPass._opaque_module
@@ -210,9 +210,9 @@ def _watch_boundaries() -> tuple[list[tuple[str, bool]], Any]:
 
 def _trace_origins(model: Any, failed: dict[str, str]) -> dict[str, str]:
     """Re-trace each module the tracer gave up on, for the source line of its error (observation only)."""
-    from modeopt_autonas.analysis.ops import is_known_leaf
-    from modeopt_autonas.analysis.tracer import _ChannelTracer, _concrete_args
-    from modeopt_autonas.layers import LAYERS
+    from modeopt_autonas.space.analysis.ops import is_known_leaf
+    from modeopt_autonas.space.analysis.tracer import _ChannelTracer, _concrete_args
+    from modeopt_autonas.space.layers import LAYERS
 
     def leaf(m: Any, name: str) -> bool:
         return LAYERS.lookup_class(type(m)) is not None or is_known_leaf(m)

@@ -101,8 +101,9 @@ class Context:
 
 
 def _widths(module: nn.Module) -> tuple[int, int] | None:
-    if isinstance(getattr(module, "embedding_dim", None), int):
-        return 0, module.embedding_dim
+    embedding_dim = getattr(module, "embedding_dim", None)
+    if isinstance(embedding_dim, int):
+        return 0, embedding_dim
     for a_in, a_out in (("in_channels", "out_channels"), ("in_features", "out_features")):
         if isinstance(getattr(module, a_in, None), int) and isinstance(getattr(module, a_out, None), int):
             return getattr(module, a_in), getattr(module, a_out)

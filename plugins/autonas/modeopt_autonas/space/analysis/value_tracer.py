@@ -144,14 +144,15 @@ class ValueTracer:
         return super().getattr(attr, attr_val, parameter_proxy_cache)  # type: ignore[misc]
 
     def to_bool(self, obj: fx.Proxy) -> bool:
-        return bool(obj.value)  # type: ignore[attr-defined]
+        return bool(getattr(obj, "value", None))
 
     def iter(self, obj: fx.Proxy) -> Iterator[Any]:
-        value = obj.value  # type: ignore[attr-defined]
-        return iter(value) if isinstance(value, dict) else iter([obj[i] for i in range(len(value))])
+        value: Any = getattr(obj, "value", None)
+        proxy: Any = obj
+        return iter(value) if isinstance(value, dict) else iter([proxy[i] for i in range(len(value))])
 
     def keys(self, obj: fx.Proxy) -> Any:
-        return obj.value.keys()  # type: ignore[attr-defined]
+        return getattr(obj, "value", {}).keys()
 
 
 def _fetch(root: nn.Module, target: str) -> Any:
