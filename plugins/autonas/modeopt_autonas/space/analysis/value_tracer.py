@@ -119,7 +119,7 @@ class ValueTracer:
                 value = self._run(_orig_module_call, self.root.get_submodule(target), *a, **k)
         else:
             value = None
-        proxy.value = value  # type: ignore[attr-defined]
+        proxy.value = value
         shape = _shape(value)
         if shape is not None:
             proxy.node.meta[SHAPE_KEY] = shape
