@@ -13,6 +13,7 @@ from torch import nn
 from modeopt_core import ConfigError
 
 from .dynamic import DimBinding, DynamicModule, DynamicSequential, DynamicTensors, kernel_size_choices
+from .dynamic.thirdparty import register_loaded
 from .errors import SearchSpaceError, StructureMismatchError
 from .hparam import Hparam, make_divisible
 from .layers import LAYERS
@@ -217,12 +218,31 @@ def _group_hparam(
     return Hparam(choices, size, sortable=sortable), "; ".join(reasons)
 
 
+def _head_name(entries: list[tuple[Binding, int, int]]) -> str | None:
+    """``<attention module>.heads`` (or ``.kv_heads`` for grouped-query attention) for a group whose every
+    layer member spans several features per channel: attention heads of ``head_dim`` features."""
+    layers = [(b, b.segments[i].repeat) for b, i, _ in entries if not is_follower(b.role)]
+    if not layers or any(r == 1 for _, r in layers) or any(b.role == "features" for b, _ in layers):
+        return None
+    parts = [b.module.split(".") for b, _ in layers]
+    common = []
+    for names in zip(*parts):
+        if len(set(names)) != 1:
+            break
+        common.append(names[0])
+    if len(common) == min(len(p) for p in parts):  # the members are not inside one module
+        common = common[:-1]
+    repeats = {r for _, r in layers}
+    return _qualified(".".join(common), "heads" if len(repeats) == 1 else "kv_heads")
+
+
 def _priority(role: str) -> int:
     return _ROLE_PRIORITY.get(role, _TENSOR_PRIORITY)
 
 
 def build(model: nn.Module, structure: SpaceStructure, rules: RulesFn) -> Built:
     """Validate everything, then create hparams and convert modules in place."""
+    register_loaded()
     modules = dict(model.named_modules())
     order = {name: i for i, name in enumerate(modules)}
     _validate(model, structure, modules)
@@ -267,7 +287,7 @@ def build(model: nn.Module, structure: SpaceStructure, rules: RulesFn) -> Built:
         b, i, _ = min(entries, key=lambda e: (_priority(e[0].role), order[e[0].module], e[1]))
         dyn = None if is_follower(b.role) else _dynamic_class(modules[b.module])
         attr = dyn.dynamic_roles.get(b.role, b.role) if dyn is not None else b.role.split(":", 1)[1]
-        name = _qualified(b.module, attr) + (f".{i}" if len(b.segments) > 1 else "")
+        name = _head_name(entries) or _qualified(b.module, attr) + (f".{i}" if len(b.segments) > 1 else "")
         named.append(((order[b.module], 1, _priority(b.role), i), name, hp, reason))
 
     kernel_hp: dict[str, Hparam] = {}

@@ -16,10 +16,11 @@ def export_model(model: nn.Module) -> nn.Module:
     active slices (untouched ones are kept as they are), subnet attributes become plain ints and tuples,
     and sequentials lose their dropped children (visited top-down, so dropped blocks are never exported).
     """
+    tied: dict[int, list[nn.Parameter]] = {}  # tied parameters stay tied (e.g. lm_head and the embedding)
     stack = [model]
     while stack:
         module = stack.pop()
         if isinstance(module, DynamicModule):
-            module._dyn_export()
+            module._dyn_export(tied)
         stack.extend(reversed(list(module.children())))
     return model

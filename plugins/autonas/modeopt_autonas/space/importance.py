@@ -57,14 +57,19 @@ def channel_importance(space: SearchSpace, group_id: int) -> torch.Tensor | None
 
 def _permute_group(space: SearchSpace, group_id: int, perm: torch.Tensor) -> None:
     dynamic = space.dynamic_modules()
+    done: set[tuple[int, int, int]] = set()  # (storage, dim, offset): a tensor tied between modules moves once
     for mem in space.members(group_id):
         module = dynamic[mem.module]
         block = (perm[:, None] * mem.repeat + torch.arange(mem.repeat)).reshape(-1) + mem.offset
-        for name, dim in module.__dict__["_dyn_layout_map"][mem.role]:
+        for name, dim in module.__dict__["_dyn_layout_map"].get(mem.role, ()):  # attr roles hold no tensor
             t = _tensor(module, name)
             if t is None:
                 continue
             dim %= t.ndim
+            key = (t.untyped_storage().data_ptr(), dim, mem.offset)
+            if key in done:
+                continue
+            done.add(key)
             index = torch.arange(t.shape[dim])
             index[mem.offset : mem.offset + block.numel()] = block
             with torch.no_grad():

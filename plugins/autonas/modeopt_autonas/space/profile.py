@@ -1,19 +1,34 @@
 """Analytic FLOPs and parameter counts of the active subnet, from hparam values alone.
 
 One forward pass at the max subnet under ``torch.utils.flop_counter.FlopCounterMode`` measures the
-FLOPs inside every dynamic leaf module and every droppable block (elastic depth). Afterwards a
-query needs no model run: a conv's or linear's FLOPs are proportional to its weight's size (spatial
-sizes do not change with width or kernel size, as padding keeps the output size), everything outside
-dynamic modules is a constant, and dropped blocks remove their whole measured FLOPs and parameters.
-FLOPs follow ``FlopCounterMode``'s definitions (matmuls and convolutions; norms count zero).
+FLOPs inside every module. Afterwards a query needs no model run:
+
+* a dynamic conv's or linear's FLOPs are proportional to its weight's size (spatial sizes do not
+  change with width or kernel size, as padding keeps the output size);
+* FLOPs computed directly by other modules (attention's ``q @ k^T`` and ``attn @ v``, or
+  ``scaled_dot_product_attention``: proportional to the number of heads) are products of powers of the
+  widths they depend on. Which widths, and which powers, is measured once by *probing*: one more
+  forward per width hparam at its smallest choice (only when such FLOPs exist);
+* dropped blocks (elastic depth) remove their whole measured FLOPs and parameters; everything else is
+  a constant.
+
+FLOPs follow ``FlopCounterMode``'s definitions (matmuls, convolutions, attention; norms count zero).
+Its CPU attention kernel has no formula in torch, so one is registered when this module is imported
+(the same as for the other attention kernels). The measuring forward runs under ``no_grad`` (as a
+user's count would), or with autograd on where ``FlopCounterMode`` fails under ``no_grad`` (views of
+parameters passed between modules).
 """
 
 from __future__ import annotations
 
+import logging
+import math
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
+from torch import nn
+from torch.utils import flop_counter
 from torch.utils.flop_counter import FlopCounterMode
 
 from .dynamic import DimBinding, DynamicModule, DynamicSequential, DynamicTensors
@@ -23,28 +38,47 @@ from .hparam import Hparam
 if TYPE_CHECKING:
     from .search_space import SearchSpace
 
-__all__ = ["SubnetProfiler"]
+__all__ = ["SubnetProfiler", "register_attention_flops"]
+
+_log = logging.getLogger(__name__)
 
 # a size term: (constant, width-expression ids, hparam ids) -> constant * prod(widths) * prod(values)
 _Size = tuple[int, tuple[int, ...], tuple[int, ...]]
 _Conds = tuple[tuple[int, int], ...]  # alive when values[hp] > child index, for each pair
+_Powers = tuple[tuple[int, int], ...]  # (hparam index, exponent): flops scale as prod (v / max) ** e
 
 
 def _inside(name: str, block: str) -> bool:
     return name == block or name.startswith(block + ".")
 
 
+def register_attention_flops() -> None:
+    """Teach ``FlopCounterMode`` the CPU attention kernel (torch registers only the CUDA ones)."""
+    op = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+    if op is None or op in flop_counter.flop_registry:
+        return
+
+    @flop_counter.register_flop_formula(op)
+    def _cpu_sdpa(query: Any, key: Any, value: Any, *args: Any, out_shape: Any = None, **kwargs: Any) -> int:
+        # shapes (get_raw=False): the same count as the CUDA kernels (two matmuls per head)
+        return int(flop_counter.sdpa_flop_count(query, key, value))
+
+
+register_attention_flops()  # so that every FlopCounterMode after importing the space counts attention
+
+
 class SubnetProfiler:
     """Measures a space once, then answers ``flops()``/``params()`` for any subnet in microseconds.
 
     Args:
-        space: the search space (its model is run once at the max subnet, in eval mode, no grad;
-            the active subnet and train/eval flags are restored afterwards).
+        space: the search space (its model is run at the max subnet, in eval mode; the active subnet
+            and train/eval flags are restored afterwards).
         *args: positional arguments of a dummy input for ``space.model``.
         **kwargs: keyword arguments of that dummy input.
     """
 
     def __init__(self, space: SearchSpace, *args: Any, **kwargs: Any) -> None:
+        register_attention_flops()
         self._hps: list[Hparam] = [hp for _, hp in space.named_hparams(None)]
         self._hp_index = {id(hp): i for i, hp in enumerate(self._hps)}
         self._name_index = {hp.name: i for i, hp in enumerate(self._hps)}
@@ -58,34 +92,39 @@ class SubnetProfiler:
             if hp.is_configurable:
                 for i, child in enumerate(dynamic[seq_name]._modules):
                     blocks[f"{seq_name}.{child}" if seq_name else child] = (self._hp_index[id(hp)], i)
-        measured, total = self._measure(space, leaves, blocks, args, kwargs)
+        saved, training = space.config(), {m: m.training for m in model.modules()}
+        try:
+            model.eval()
+            space.sample("max")
+            direct, total = self._direct_flops(model, set(leaves), args, kwargs)
+            powers = self._probe(space, model, set(leaves), direct, args, kwargs)
+        finally:
+            for m, flag in training.items():
+                m.training = flag
+            space.select(saved)
 
         def conds(name: str) -> _Conds:
             return tuple(c for b, c in blocks.items() if _inside(name, b))
 
-        def parent(name: str, is_block: bool) -> str | None:
-            outer = [b for b in blocks if _inside(name, b) and not (is_block and b == name)]
-            return max(outer, key=len) if outer else None
-
-        exclusive = {b: measured[b] for b in blocks}
-        const = total
-        for name, is_block in [(b, True) for b in blocks] + [(n, False) for n in leaves]:
-            p = parent(name, is_block)
-            if p is None:
-                const -= measured[name]
-            else:
-                exclusive[p] -= measured[name]
-        self._block_terms = [(exclusive[b], conds(b)) for b in blocks]
-        self._flops_const = const
+        self._flops_const = total - sum(direct.values())  # FLOPs outside every module (root-level ops)
+        self._block_terms: list[tuple[int, _Conds]] = []
+        self._op_terms: list[tuple[int, _Powers, _Conds]] = []
         self._flop_terms: list[tuple[int, int, _Size, _Conds]] = []
-        for name, m in leaves.items():
-            tname = type(m).dynamic_flops_tensor
-            t = None if tname is None else m._parameters.get(tname)
-            if tname is None or t is None or measured[name] == 0:
-                self._block_terms.append((measured[name], conds(name)))
+        for name, flops in direct.items():
+            if not flops:
                 continue
-            size = self._size(m._dyn_tensor_factors(tname, t.shape))
-            self._flop_terms.append((measured[name], t.numel(), size, conds(name)))
+            m = leaves.get(name)
+            tname = type(m).dynamic_flops_tensor if m is not None else None
+            t = None if m is None or tname is None else m._parameters.get(tname)
+            if m is not None and tname is not None and t is not None:
+                size = self._size(m._dyn_tensor_factors(tname, t.shape))
+                self._flop_terms.append((flops, t.numel(), size, conds(name)))
+            elif powers.get(name):
+                self._op_terms.append((flops, powers[name], conds(name)))
+            elif conds(name):
+                self._block_terms.append((flops, conds(name)))
+            else:
+                self._flops_const += flops
         self._param_terms: list[tuple[_Size, _Conds]] = []
         self._params_const = 0
         seen: set[int] = set()
@@ -105,48 +144,85 @@ class SubnetProfiler:
                     self._param_terms.append((size, c))
         self._exprs = sorted(self._width_ids, key=self._width_ids.__getitem__)
 
-    def _measure(
-        self,
-        space: SearchSpace,
-        leaves: dict[str, DynamicModule],
-        blocks: dict[str, tuple[int, int]],
-        args: Sequence[Any],
-        kwargs: Mapping[str, Any],
+    # ---- measuring --------------------------------------------------------------------------------
+    @staticmethod
+    def _direct_flops(
+        model: nn.Module, leaves: set[str], args: Sequence[Any], kwargs: Mapping[str, Any]
     ) -> tuple[dict[str, int], int]:
-        model = space.model
-        modules = dict(model.named_modules())
-        saved = space.config()
-        training = {m: m.training for m in model.modules()}
-        measured = dict.fromkeys([*leaves, *blocks], 0)
+        """FLOPs each module computes itself (a dynamic leaf: everything inside it) and the total."""
+        inclusive: dict[str, int] = {}
         counter = FlopCounterMode(display=False)
         handles = []
+        named = list(model.named_modules())
+        inside_leaf = {n for n, _ in named if any(n != leaf and _inside(n, leaf) for leaf in leaves)}
 
-        def hooks(name: str) -> None:
+        def hooks(name: str, module: nn.Module) -> None:
             starts: list[int] = []
 
             def pre(_m: Any, _a: Any) -> None:
                 starts.append(counter.get_total_flops())
 
             def post(_m: Any, _a: Any, _o: Any) -> None:
-                measured[name] += counter.get_total_flops() - starts.pop()
+                inclusive[name] = inclusive.get(name, 0) + counter.get_total_flops() - starts.pop()
 
-            handles.append(modules[name].register_forward_pre_hook(pre))
-            handles.append(modules[name].register_forward_hook(post))
+            handles.append(module.register_forward_pre_hook(pre))
+            handles.append(module.register_forward_hook(post))
 
-        for name in measured:
-            hooks(name)
+        for name, module in named:
+            if name and name not in inside_leaf:
+                hooks(name, module)
         try:
-            space.sample("max")
-            model.eval()
-            with torch.no_grad(), counter:
-                model(*args, **kwargs)
+            try:
+                with torch.no_grad(), counter:
+                    model(*args, **kwargs)
+            except (AssertionError, RuntimeError):
+                # FlopCounterMode's module tracker can fail under no_grad (a no-grad view of a parameter
+                # passed to a submodule, e.g. CaiT's class token): count with autograd on instead
+                inclusive.clear()
+                counter = FlopCounterMode(display=False)
+                with torch.enable_grad(), counter:
+                    model(*args, **kwargs)
         finally:
             for h in handles:
                 h.remove()
-            for m, flag in training.items():
-                m.training = flag
-            space.select(saved)
-        return measured, counter.get_total_flops()
+        direct = dict(inclusive)
+        for name in inclusive:
+            parent = name.rpartition(".")[0]
+            while parent and parent not in inclusive:
+                parent = parent.rpartition(".")[0]
+            if parent:
+                direct[parent] -= inclusive[name]
+        return direct, counter.get_total_flops()
+
+    def _probe(
+        self, space: SearchSpace, model: nn.Module, leaves: set[str], direct: dict[str, int],
+        args: Sequence[Any], kwargs: Mapping[str, Any],
+    ) -> dict[str, _Powers]:
+        """For modules computing FLOPs themselves (not dynamic leaves): the powers of the widths they
+        scale with, one probing forward per width hparam at its smallest choice."""
+        ops = {n: f for n, f in direct.items() if f and n not in leaves}
+        if not ops:
+            return {}
+        groups = {id(hp) for hp in space._built.group_hparams.values()}
+        found: dict[str, list[tuple[int, int]]] = {n: [] for n in ops}
+        for name, hp in space.named_hparams(True):
+            if id(hp) not in groups:
+                continue
+            space.sample("max")
+            space.select({name: hp.min}, strict=False)
+            probed, _ = self._direct_flops(model, leaves, args, kwargs)
+            ratio_w = hp.min / hp.max
+            for op, flops in ops.items():
+                got = probed.get(op, 0)
+                if got == flops:
+                    continue
+                e = round(math.log(got / flops) / math.log(ratio_w)) if got > 0 else 0
+                if e < 1 or abs(flops * ratio_w**e - got) > 1e-6 * flops + 1:
+                    _log.warning("FLOPs of %s change with %s but not as a power of it; counted at the max", op, name)
+                    continue
+                found[op].append((self._hp_index[id(hp)], e))
+        space.sample("max")
+        return {op: tuple(p) for op, p in found.items()}
 
     def _size(self, factors: Sequence[int | DimBinding | Hparam]) -> _Size:
         const, widths, values = 1, [], []
@@ -174,37 +250,43 @@ class SubnetProfiler:
                     raise SubnetConfigError(str(e)) from None
         return values
 
+    @staticmethod
+    def _alive(v: list[int], conds: _Conds) -> bool:
+        return not conds or all(v[h] > c for h, c in conds)
+
+    def _sized(self, v: list[int], widths: list[int], size: _Size) -> int:
+        const, wids, vids = size
+        n = const
+        for w in wids:
+            n *= widths[w]
+        for i in vids:
+            n *= v[i]
+        return n
+
     def flops(self, config: Mapping[str, int] | None = None) -> int:
         """FLOPs of the active subnet (or of ``config`` applied on top of it, without selecting it)."""
         v = self._values(config)
         widths = [sum(v[i] * r for i, r in expr) for expr in self._exprs]
         total = self._flops_const
-        for flops, full, (const, wids, vids), conds in self._flop_terms:
-            if conds and any(v[h] <= c for h, c in conds):
-                continue
-            n = const
-            for w in wids:
-                n *= widths[w]
-            for i in vids:
-                n *= v[i]
-            total += flops * n // full
+        for flops, full, size, conds in self._flop_terms:
+            if self._alive(v, conds):
+                total += flops * self._sized(v, widths, size) // full
         for flops, conds in self._block_terms:
-            if not conds or all(v[h] > c for h, c in conds):
+            if self._alive(v, conds):
                 total += flops
+        for flops, powers, conds in self._op_terms:
+            if self._alive(v, conds):
+                num = den = 1
+                for i, e in powers:
+                    num *= v[i] ** e
+                    den *= self._hps[i].max ** e
+                total += flops * num // den
         return total
 
     def params(self, config: Mapping[str, int] | None = None) -> int:
         """Parameter count of the active subnet (or of ``config``), as ``sum(p.numel())`` of its export."""
         v = self._values(config)
         widths = [sum(v[i] * r for i, r in expr) for expr in self._exprs]
-        total = self._params_const
-        for (const, wids, vids), conds in self._param_terms:
-            if conds and any(v[h] <= c for h, c in conds):
-                continue
-            n = const
-            for w in wids:
-                n *= widths[w]
-            for i in vids:
-                n *= v[i]
-            total += n
-        return total
+        return self._params_const + sum(
+            self._sized(v, widths, size) for size, conds in self._param_terms if self._alive(v, conds)
+        )

@@ -276,6 +276,10 @@ def _layout_common(p: _GraphPass, node: fx.Node, name: str, x: Value) -> Value |
         d = p.int_arg(node, at, "dim", 0)
         if not isinstance(d, int):
             return p.boundary(node)
+        if isinstance(x, Chan) and name != "unbind" and is_dim(x, d):
+            pieces = shaped.split(p, node, x, name, desc)
+            if pieces is not None:
+                return pieces
         return layout.split(p.freeze, x, d, desc, removes_dim=name == "unbind")
     return None
 

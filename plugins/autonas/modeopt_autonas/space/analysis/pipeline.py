@@ -11,6 +11,7 @@ from torch import nn
 
 from modeopt_core.sdk import unpack_dummy_input
 
+from ..dynamic.thirdparty import register_loaded
 from ..errors import SearchSpaceError
 from ..layers import LAYERS, LayerRegistry
 from ..structure import FrozenItem, SpaceStructure
@@ -69,6 +70,7 @@ def analyze(
     """
     if not isinstance(model, nn.Module):
         raise AnalysisInputError(f"analyze() needs a torch.nn.Module, got {type(model).__name__}")
+    register_loaded()
     ctx = Context(layers, _globs(leaf_modules, "leaf_modules"), _globs(frozen_modules, "frozen_modules"), {})
 
     def is_leaf(module: nn.Module, name: str) -> bool:

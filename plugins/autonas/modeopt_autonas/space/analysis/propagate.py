@@ -104,7 +104,7 @@ def _widths(module: nn.Module) -> tuple[int, int] | None:
     embedding_dim = getattr(module, "embedding_dim", None)
     if isinstance(embedding_dim, int):
         return 0, embedding_dim
-    for a_in, a_out in (("in_channels", "out_channels"), ("in_features", "out_features")):
+    for a_in, a_out in (("in_channels", "out_channels"), ("in_features", "out_features"), ("nx", "nf")):
         if isinstance(getattr(module, a_in, None), int) and isinstance(getattr(module, a_out, None), int):
             return getattr(module, a_in), getattr(module, a_out)
     for attr in ("num_features", "num_channels"):

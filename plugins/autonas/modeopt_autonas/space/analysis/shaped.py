@@ -19,12 +19,13 @@ from typing import TYPE_CHECKING, Any
 
 from torch import fx
 
-from .values import Chan, Opaque, Static, Value
+from .value_tracer import SHAPE_KEY
+from .values import Chan, Opaque, Static, Tup, Value
 
 if TYPE_CHECKING:
     from .propagate import _GraphPass
 
-__all__ = ["attention", "broadcasts", "matmul", "reshape"]
+__all__ = ["attention", "broadcasts", "matmul", "reshape", "split"]
 
 ATTR_ROLE_PREFIX = "attr:"
 
@@ -74,8 +75,9 @@ def _literal_of(arg: Any) -> Any:
     return arg.value if isinstance(arg, Static) else arg
 
 
-def _follow(p: _GraphPass, node: fx.Node, value: int) -> tuple[str, str] | None:
-    """The int attribute of the module doing ``node`` that holds ``value`` (e.g. ``num_heads``), or None."""
+def _follow(p: _GraphPass, node: fx.Node, value: int, prefer: tuple[str, ...]) -> tuple[str, str] | None:
+    """The int attribute of the module doing ``node`` that holds ``value`` (e.g. ``num_heads``), or None;
+    among several, the first whose name contains one of ``prefer``."""
     stack = node.meta.get("nn_module_stack") or {}
     if not stack:
         return None
@@ -84,8 +86,10 @@ def _follow(p: _GraphPass, node: fx.Node, value: int) -> tuple[str, str] | None:
     if module is None:
         return None
     matches = [k for k, v in vars(module).items() if type(v) is int and v == value and not k.startswith("_")]
-    if len(matches) > 1:  # several attributes hold the value: prefer the one that names heads
-        matches = [k for k in matches if "head" in k] or matches
+    for word in prefer:
+        if len(matches) <= 1:
+            break
+        matches = [k for k in matches if word in k] or matches
     return (name, matches[0]) if len(matches) == 1 else None
 
 
@@ -125,7 +129,7 @@ def _split_channel(
     if varying is None:
         for d in gj:
             value = literals[d]
-            if isinstance(value, int) and out_shape[d] > 1 and (follows := _follow(p, node, value)) is not None:
+            if isinstance(value, int) and out_shape[d] > 1 and (follows := _follow(p, node, value, ("head",))):
                 varying = d
                 break
     if varying is None:
@@ -149,6 +153,37 @@ def _split_channel(
         module, attr = follows
         table.bind(module, ATTR_ROLE_PREFIX + attr, [(s, 1) for s in out.segs], f"in {op}")
     return out
+
+
+def split(p: _GraphPass, node: fx.Node, x: Chan, method: str, op: str) -> Value | None:
+    """``chunk``/``split``/``tensor_split`` along the channel dim: the pieces become segment groups (the
+    mirror of ``cat``). ``chunk(n)`` adapts to the width, so its pieces are tied; a literal piece size
+    must be held by an int attribute of the module (GPT-2's ``split_size``), which then follows the
+    pieces' width; other literal sizes would fix the widths, so they freeze. None without shapes."""
+    shapes = node.meta.get(SHAPE_KEY)
+    front = x.front()
+    if not isinstance(shapes, list) or front is None:
+        return None
+    sizes = [s[front] for s in shapes]
+    table = p.ctx.table
+    pieces = table.split(x.segs, sizes)
+    if pieces is None:
+        return None
+    follows = None
+    if method != "chunk":
+        given = _literal_of(p.val(p.arg(node, 1, "split_size_or_sections")))
+        if isinstance(given, int) and len(set(sizes)) == 1:
+            follows = _follow(p, node, given, ("split", "size"))
+        if follows is None:
+            p.freeze(x, f"split along the channel dim by {op} into sizes fixed by literals")
+            return Opaque(f"output of {op}")
+    for piece in pieces[1:]:  # one size for every piece
+        if not table.union_seq(pieces[0], piece, f"in {op} (pieces of one split)"):
+            return Opaque(f"output of {op}")
+    if follows is not None:
+        module, attr = follows
+        table.bind(module, ATTR_ROLE_PREFIX + attr, [(s, 1) for s in pieces[0]], f"in {op}")
+    return Tup(tuple(Chan(piece, x.index, x.rank) for piece in pieces))
 
 
 def attention(p: _GraphPass, node: fx.Node, desc: str) -> Value:

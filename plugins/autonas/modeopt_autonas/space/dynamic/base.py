@@ -341,15 +341,27 @@ class DynamicModule(nn.Module):
         return out
 
     # ---- export -----------------------------------------------------------------------------------
-    def _dyn_export(self) -> None:
-        """Turn this module back into a plain instance of its original class, at the active subnet."""
+    def _dyn_export(self, tied: dict[int, list[nn.Parameter]] | None = None) -> None:
+        """Turn this module back into a plain instance of its original class, at the active subnet.
+
+        Args:
+            tied: shared across one export: the new parameters made from each original parameter, so a
+                parameter shared by several modules (tied embeddings) stays one parameter when they
+                slice it alike.
+        """
         plan = self._dyn_sync()
+        tied = {} if tied is None else tied
         with torch.no_grad():
             for name, ix in plan.tensors.items():
                 if name in self._parameters:
                     p = self._parameters[name]
                     assert p is not None
-                    self._parameters[name] = nn.Parameter(ix(p).detach().clone(), requires_grad=p.requires_grad)
+                    active = ix(p)
+                    same = next((q for q in tied.get(id(p), []) if q.shape == active.shape and torch.equal(q, active)), None)
+                    if same is None:
+                        same = nn.Parameter(active.detach().clone(), requires_grad=p.requires_grad)
+                        tied.setdefault(id(p), []).append(same)
+                    self._parameters[name] = same
                 else:
                     b = self._buffers[name]
                     assert b is not None

@@ -47,8 +47,8 @@ class DynamicSequential(DynamicModule, nn.Sequential):
             input = module(input)
         return input
 
-    def _dyn_export(self) -> None:
+    def _dyn_export(self, tied: dict[int, list[nn.Parameter]] | None = None) -> None:
         depth = self.depth
-        super()._dyn_export()
+        super()._dyn_export(tied)
         for key in list(self._modules)[depth:]:
             del self._modules[key]
