@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from torch import fx
 
 from .value_tracer import SHAPE_KEY
-from .values import Chan, Opaque, Static, Tup, Value
+from .values import Chan, Opaque, SizeOf, Static, Tup, Value, is_dim
 
 if TYPE_CHECKING:
     from .propagate import _GraphPass
@@ -110,7 +110,9 @@ def reshape(p: _GraphPass, node: fx.Node, x: Chan, args: Sequence[Value], op: st
         unit = math.prod(in_shape[d] for d in gi if d > front)
         if len(gj) == 1:  # merge: leading dims copy the channel structure, trailing ones are its units
             segs = tuple(table.coarse(s, unit) for s in x.segs) if unit > 1 else x.segs
-            return Chan(segs * lead, gj[0], len(out_shape))
+            out = Chan(segs * lead, gj[0], len(out_shape))
+            given = args[gj[0]] if len(args) == len(out_shape) else Static(-1)
+            return out if _size_follows(p, node, out, given, ("dim", "size"), op) else Opaque(f"output of {op}")
         if len(gi) != 1:
             p.freeze(x, f"dims regrouped around the channel dim by {op}")
             return Opaque(f"output of {op}")
@@ -118,16 +120,40 @@ def reshape(p: _GraphPass, node: fx.Node, x: Chan, args: Sequence[Value], op: st
     return None
 
 
+def _size_follows(p: _GraphPass, node: fx.Node, out: Chan, given: Value, prefer: tuple[str, ...], op: str) -> bool:
+    """Whether the size a reshape gives the channel dim follows the subnet: ``-1``, the size of a tensor
+    with the same channels (tied), or a literal held by an int attribute (which then follows); any
+    other size (a literal, or arithmetic on sizes of other tensors) freezes the channels."""
+    value = _literal_of(given)
+    if value == -1:
+        return True
+    if isinstance(given, SizeOf) and isinstance(given.of, Chan) and given.dim is not None:
+        if is_dim(given.of, given.dim):
+            return p.ctx.table.union_seq(out.segs, given.of.segs, f"in {op} (a size read from another tensor)")
+    if isinstance(value, int) and not isinstance(value, bool):
+        follows = _follow(p, node, value, prefer)
+        if follows is not None:
+            module, attr = follows
+            p.ctx.table.bind(module, ATTR_ROLE_PREFIX + attr, [(s, 1) for s in out.segs], f"in {op}")
+            return True
+    p.freeze(out, f"the channel dim gets a size fixed by {op} (a literal, or a size read from elsewhere)")
+    return False
+
+
 def _split_channel(
     p: _GraphPass, node: fx.Node, x: Chan, gj: list[int], out_shape: tuple[int, ...], args: Sequence[Value], op: str
 ) -> Value:
     """The channel dim split into the dims ``gj``: ``pieces`` copies, a channel dim, ``unit`` features each."""
     table = p.ctx.table
-    literals = [_literal_of(a) for a in args] if len(args) == len(out_shape) else [None] * len(out_shape)
+    given = list(args) if len(args) == len(out_shape) else [Static(None)] * len(out_shape)
+    literals = [_literal_of(a) for a in given]
     varying = next((d for d in gj if literals[d] == -1), None)
     follows = None
     if varying is None:
-        for d in gj:
+        varying = next((d for d in gj if isinstance(given[d], SizeOf) and isinstance(given[d].of, Chan)), None)
+    if varying is None:
+        # right to left, before the innermost dim (``head_dim``): in (3, H, d) with H == 3 the heads are H
+        for d in reversed(gj[:-1]):
             value = literals[d]
             if isinstance(value, int) and out_shape[d] > 1 and (follows := _follow(p, node, value, ("head",))):
                 varying = d
@@ -152,6 +178,8 @@ def _split_channel(
     if follows is not None:
         module, attr = follows
         table.bind(module, ATTR_ROLE_PREFIX + attr, [(s, 1) for s in out.segs], f"in {op}")
+    elif literals[varying] != -1 and not _size_follows(p, node, out, given[varying], ("head",), op):
+        return Opaque(f"output of {op}")
     return out
 
 
