@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -12,7 +13,7 @@ from torch import nn
 
 from modeopt_core import ConfigError
 
-from .dynamic import DimBinding, DynamicModule, DynamicSequential, DynamicTensors, kernel_size_choices
+from .dynamic import DimBinding, DynamicBlock, DynamicModule, DynamicSequential, DynamicTensors, kernel_size_choices
 from .dynamic.thirdparty import register_loaded
 from .errors import SearchSpaceError, StructureMismatchError
 from .hparam import Hparam, make_divisible
@@ -47,6 +48,8 @@ class Built:
     depth_hparams: dict[str, Hparam]  # sequential name -> depth hparam
     frozen: dict[str, str]  # hparam name -> why it is not configurable
     dynamic: dict[str, DynamicModule] = field(default_factory=dict)
+    #: every child of a depth container -> (hparam, index): it runs while the hparam's value > index
+    blocks: dict[str, tuple[Hparam, int]] = field(default_factory=dict)
 
 
 def _dynamic_class(module: nn.Module) -> type[DynamicModule] | None:
@@ -139,8 +142,10 @@ def _validate(model: nn.Module, structure: SpaceStructure, modules: dict[str, nn
     depth_seen = set()
     for d in structure.depth:
         seq = modules.get(d.module)
-        if not isinstance(seq, nn.Sequential) or type(seq).forward is not nn.Sequential.forward:
-            _fail(f"depth spec names {d.module!r}, which is not an nn.Sequential (without its own forward)")
+        plain_sequential = isinstance(seq, nn.Sequential) and type(seq).forward is nn.Sequential.forward
+        if not plain_sequential and not (d.blocks and type(seq) is nn.ModuleList):
+            _fail(f"depth spec names {d.module!r}, which is not an nn.Sequential (without its own forward) "
+                  "or, for a block list, an nn.ModuleList")
         if d.module in depth_seen:
             _fail(f"depth spec for {d.module!r} appears twice")
         depth_seen.add(d.module)
@@ -236,6 +241,10 @@ def _head_name(entries: list[tuple[Binding, int, int]]) -> str | None:
     return _qualified(".".join(common), "heads" if len(repeats) == 1 else "kv_heads")
 
 
+def _parent(name: str) -> str:
+    return name.rpartition(".")[0]
+
+
 def _priority(role: str) -> int:
     return _ROLE_PRIORITY.get(role, _TENSOR_PRIORITY)
 
@@ -306,10 +315,20 @@ def build(model: nn.Module, structure: SpaceStructure, rules: RulesFn) -> Built:
             named.append(((order[mname], 2), _qualified(mname, "kernel_size"), kernel_hp[mname], ""))
 
     depth_hp: dict[str, Hparam] = {}
+    blocks: dict[str, tuple[Hparam, int]] = {}  # droppable child -> (hparam, index): kept while hparam > index
     for d in structure.depth:
-        seq, rule = cast(nn.Sequential, modules[d.module]), rule_of[d.module]
-        n = len(seq)
+        seq, rule = modules[d.module], rule_of[d.module]
+        keys = list(seq._modules)
+        n = len(keys)
         reason = "frozen by the rules" if rule is None else ""
+        if d.blocks and rule is not None and rule.get("drop_blocks", True):
+            for i in d.skippable:  # each block on its own: a searcher picks which ones to drop
+                child = _qualified(d.module, keys[i])
+                frozen_block = any(fnmatch.fnmatchcase(child, g) for g in rule.get("frozen_blocks", ()))
+                hp = Hparam({1} if frozen_block else {0, 1}, 1)
+                blocks[child] = (hp, 0)
+                named.append(((order[child], 0), _qualified(child, "keep"), hp, "frozen by frozen_blocks"))
+            continue
         choices = {n}
         if rule is not None:
             min_depth = _positive_int(rule, "min_depth", d.module, 0)
@@ -319,6 +338,8 @@ def build(model: nn.Module, structure: SpaceStructure, rules: RulesFn) -> Built:
                 reason = "no trailing run of skippable children above min_depth"
         depth_hp[d.module] = Hparam(choices, n)
         named.append(((order[d.module], 0), _qualified(d.module, "depth"), depth_hp[d.module], reason))
+        for i, key in enumerate(keys):
+            blocks[_qualified(d.module, key)] = (depth_hp[d.module], i)
 
     named.sort(key=lambda e: e[0])
     hparams: dict[str, Hparam] = {}
@@ -331,7 +352,7 @@ def build(model: nn.Module, structure: SpaceStructure, rules: RulesFn) -> Built:
         if not hp.is_configurable:
             frozen[name] = reason or "single choice"
 
-    built = Built(hparams, group_hp, members, depth_hp, frozen)
+    built = Built(hparams, group_hp, members, depth_hp, frozen, blocks=blocks)
     _convert(modules, structure, built, kernel_hp)
     return built
 
@@ -357,5 +378,12 @@ def _convert(
             extra = {"kernel": kernel} if kernel is not None else {}
             built.dynamic[name] = cast(DynamicModule, dyn.convert(m, dims, tensors, **extra))
         depth = built.depth_hparams.get(name)
-        if depth is not None and depth.is_configurable:
+        if depth is not None and depth.is_configurable and isinstance(m, nn.Sequential):
             built.dynamic[name] = cast(DynamicModule, DynamicSequential.convert(m, {}, depth=depth))
+        block = built.blocks.get(name)
+        container_depth = built.depth_hparams.get(_parent(name))
+        sequential_depth = container_depth is not None and isinstance(modules.get(_parent(name)), nn.Sequential)
+        if block is not None and block[0].is_configurable and not (sequential_depth and block[0] is container_depth):
+            if name in built.dynamic:
+                raise SearchSpaceError(f"block {name!r} is also a searchable layer; it cannot be dropped as a block")
+            built.dynamic[name] = cast(DynamicModule, DynamicBlock.convert(m, {}, keep=block[0], index=block[1]))

@@ -31,7 +31,7 @@ from torch import nn
 from torch.utils import flop_counter
 from torch.utils.flop_counter import FlopCounterMode
 
-from .dynamic import DimBinding, DynamicModule, DynamicSequential, DynamicTensors
+from .dynamic import DimBinding, DynamicBlock, DynamicModule, DynamicSequential, DynamicTensors
 from .errors import HparamValueError, SubnetConfigError
 from .hparam import Hparam
 
@@ -86,12 +86,14 @@ class SubnetProfiler:
         model = space.model
         dynamic = space.dynamic_modules()
         # containers (depth, tensor holders) are not leaves: their FLOPs are their children's, counted there
-        leaves = {n: m for n, m in dynamic.items() if not isinstance(m, (DynamicSequential, DynamicTensors))}
-        blocks: dict[str, tuple[int, int]] = {}
-        for seq_name, hp in space.depth_hparams().items():
-            if hp.is_configurable:
-                for i, child in enumerate(dynamic[seq_name]._modules):
-                    blocks[f"{seq_name}.{child}" if seq_name else child] = (self._hp_index[id(hp)], i)
+        leaves = {
+            n: m for n, m in dynamic.items() if not isinstance(m, (DynamicSequential, DynamicTensors, DynamicBlock))
+        }
+        blocks = {
+            child: (self._hp_index[id(hp)], index)
+            for child, (hp, index) in space.block_conditions().items()
+            if hp.is_configurable
+        }
         saved, training = space.config(), {m: m.training for m in model.modules()}
         try:
             model.eval()
@@ -113,11 +115,11 @@ class SubnetProfiler:
         for name, flops in direct.items():
             if not flops:
                 continue
-            m = leaves.get(name)
-            tname = type(m).dynamic_flops_tensor if m is not None else None
-            t = None if m is None or tname is None else m._parameters.get(tname)
-            if m is not None and tname is not None and t is not None:
-                size = self._size(m._dyn_tensor_factors(tname, t.shape))
+            leaf = leaves.get(name)
+            tname = type(leaf).dynamic_flops_tensor if leaf is not None else None
+            t = None if leaf is None or tname is None else leaf._parameters.get(tname)
+            if leaf is not None and tname is not None and t is not None:
+                size = self._size(leaf._dyn_tensor_factors(tname, t.shape))
                 self._flop_terms.append((flops, t.numel(), size, conds(name)))
             elif powers.get(name):
                 self._op_terms.append((flops, powers[name], conds(name)))

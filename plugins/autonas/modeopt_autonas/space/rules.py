@@ -63,9 +63,15 @@ class FeatureRule(_Rule):
 
 
 class DepthRule(_Rule):
-    """Rule of an ``nn.Sequential`` of residual blocks: elastic depth."""
+    """Rule of an ``nn.Sequential`` or ``nn.ModuleList`` of blocks: elastic depth."""
 
-    min_depth: int = Field(default=0, ge=0, description="never keep fewer children than this")
+    min_depth: int = Field(default=0, ge=0, description="never keep fewer children than this (trailing depth)")
+    drop_blocks: bool = Field(
+        default=True,
+        description="in a list of identical blocks (transformer layers), any block may be dropped on its own "
+        "(a keep hparam per block) rather than only the trailing ones",
+    )
+    frozen_blocks: tuple[str, ...] = Field(default=(), description="globs of blocks that are never dropped")
 
 
 _CONVS = tuple(t.rule_alias for t in BUILTIN_LAYER_TYPES if t.rules == "channels" and t.module_class is not nn.GroupNorm)
@@ -97,6 +103,7 @@ def nas_rules(
     rules["nn.GroupNorm"] = (ChannelRule, dict(group_norm))
     if depth is not None:
         rules["nn.Sequential"] = (DepthRule, dict(depth))
+        rules["nn.ModuleList"] = (DepthRule, dict(depth))
     return rules
 
 
@@ -111,5 +118,7 @@ def module_type_alias(module: nn.Module) -> str | None:
     recognised by their forward, its record's ``rule_alias`` for plugin layers."""
     if isinstance(module, nn.Sequential):
         return "nn.Sequential"
+    if type(module) is nn.ModuleList:
+        return "nn.ModuleList"
     record = LAYERS.layer_type(module, verified=True)
     return None if record is None else record.rule_alias

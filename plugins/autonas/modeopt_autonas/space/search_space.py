@@ -276,3 +276,12 @@ class SearchSpace:
     def depth_hparams(self) -> dict[str, Hparam]:
         """Depth hparam per sequential module name (also non-configurable ones)."""
         return dict(self._built.depth_hparams)
+
+    def block_conditions(self) -> dict[str, tuple[Hparam, int]]:
+        """Every child of a depth container -> ``(hparam, index)``: it runs while ``hparam.active > index``
+        (a trailing depth, or a block's own ``keep`` hparam with index 0)."""
+        return dict(self._built.blocks)
+
+    def block_hparams(self) -> dict[str, Hparam]:
+        """The configurable ``keep`` hparam of each droppable block of a block list, by hparam name."""
+        return {hp.name: hp for hp, index in self._built.blocks.values() if index == 0 and hp.choices == (0, 1)}

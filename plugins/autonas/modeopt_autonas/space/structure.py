@@ -83,15 +83,18 @@ class Binding:
 
 @dataclass(frozen=True)
 class DepthSpec:
-    """An ``nn.Sequential`` whose trailing blocks may be dropped (elastic depth).
+    """A container of blocks some of which may be dropped (elastic depth).
 
-    ``skippable`` lists the child indices that can be removed (each is shape-preserving,
-    e.g. a residual block); depth ``d`` keeps children ``0..d-1``, and is allowed when every
-    dropped index is skippable.
+    ``skippable`` lists the child indices that can be removed (each is shape-preserving, e.g. a
+    residual block). For an ``nn.Sequential`` (``blocks=False``) depth ``d`` keeps children
+    ``0..d-1`` and is allowed when every dropped index is skippable. With ``blocks`` (a list of
+    identical shape-preserving blocks: a transformer's layers, in an ``nn.Sequential`` or an
+    ``nn.ModuleList``) any skippable block may be dropped on its own: each gets a ``keep`` hparam.
     """
 
     module: str
     skippable: tuple[int, ...]
+    blocks: bool = False
 
 
 @dataclass(frozen=True)
@@ -126,7 +129,10 @@ class SpaceStructure:
                 }
                 for b in self.bindings
             ],
-            "depth": [{"module": d.module, "skippable": list(d.skippable)} for d in self.depth],
+            "depth": [
+                {"module": d.module, "skippable": list(d.skippable), **({"blocks": True} if d.blocks else {})}
+                for d in self.depth
+            ],
             "frozen": [asdict(f) for f in self.frozen],
         }
 
@@ -153,7 +159,7 @@ class SpaceStructure:
         return cls(
             groups=[ChannelGroup(**g) for g in data["groups"]],
             bindings=bindings,
-            depth=[DepthSpec(d["module"], tuple(d["skippable"])) for d in data["depth"]],
+            depth=[DepthSpec(d["module"], tuple(d["skippable"]), bool(d.get("blocks", False))) for d in data["depth"]],
             frozen=[FrozenItem(**f) for f in data["frozen"]],
         )
 

@@ -23,6 +23,7 @@ from ..structure import DepthSpec
 from .ops import ADD_FUNCTIONS, ADD_METHODS, ELEMENTWISE_FUNCTIONS, ELEMENTWISE_METHODS, ELEMENTWISE_MODULES
 from .ops import module_class_in as _module_class_in
 from .tracer import ModuleCall, TracedGraph
+from .value_tracer import SHAPE_KEY
 
 __all__ = ["find_depth"]
 
@@ -85,8 +86,36 @@ def _reached_from_outside(traced: TracedGraph) -> set[str]:
     return out
 
 
+def _shape_preserving(call: ModuleCall) -> bool:
+    """With a trace on values: the block returns a tensor of its input's shape."""
+    if call.input is None or call.output is None:
+        return False
+    a, b = call.input.meta.get(SHAPE_KEY), call.output.meta.get(SHAPE_KEY)
+    return isinstance(a, tuple) and a == b
+
+
+def _block_list(
+    name: str, container: nn.Module, counts: Counter[str], calls: dict[str, tuple[ModuleCall, TracedGraph]],
+    opaque: set[str], outside: set[str],
+) -> DepthSpec | None:
+    """A list of identical blocks each of which may be dropped: same class, each called once, traced
+    through, not reached into from outside, and residual (or shape-preserving on the example)."""
+    children = list(container.named_children())
+    if len(children) < 2 or len({type(c) for _, c in children}) != 1:
+        return None
+    for key, _ in children:
+        child = f"{name}.{key}" if name else key
+        if counts[child] != 1 or child in opaque or child in outside:
+            return None
+        call, traced = calls[child]
+        if call.leaf or not (_is_residual(call, traced) or _shape_preserving(call)):
+            return None
+    return DepthSpec(name, tuple(range(len(children))), blocks=True)
+
+
 def find_depth(model: nn.Module, graphs: list[TracedGraph], opaque: set[str]) -> list[DepthSpec]:
-    """Depth specs for every Sequential with a trailing run of skippable residual children."""
+    """Depth specs for every block list (a ModuleList or Sequential of identical droppable blocks) and every
+    Sequential with a trailing run of skippable residual children."""
     counts: Counter[str] = Counter()
     calls: dict[str, tuple[ModuleCall, TracedGraph]] = {}
     outside: set[str] = set()
@@ -97,7 +126,14 @@ def find_depth(model: nn.Module, graphs: list[TracedGraph], opaque: set[str]) ->
             calls[call.name] = (call, traced)
     specs: list[DepthSpec] = []
     for name, seq in model.named_modules():
-        if not isinstance(seq, nn.Sequential) or type(seq).forward is not nn.Sequential.forward:
+        is_list = type(seq) is nn.ModuleList
+        plain_sequential = isinstance(seq, nn.Sequential) and type(seq).forward is nn.Sequential.forward
+        if (is_list or plain_sequential) and name not in opaque:
+            blocks = _block_list(name, seq, counts, calls, opaque, outside)
+            if blocks is not None:
+                specs.append(blocks)
+                continue
+        if not plain_sequential:
             continue
         if counts[name] != 1 or name in opaque or calls[name][0].leaf:
             continue

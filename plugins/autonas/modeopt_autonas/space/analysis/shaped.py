@@ -120,6 +120,10 @@ def reshape(p: _GraphPass, node: fx.Node, x: Chan, args: Sequence[Value], op: st
     return None
 
 
+def _chan_size(value: Value) -> bool:
+    return isinstance(value, SizeOf) and isinstance(value.of, Chan)
+
+
 def _size_follows(p: _GraphPass, node: fx.Node, out: Chan, given: Value, prefer: tuple[str, ...], op: str) -> bool:
     """Whether the size a reshape gives the channel dim follows the subnet: ``-1``, the size of a tensor
     with the same channels (tied), or a literal held by an int attribute (which then follows); any
@@ -150,7 +154,7 @@ def _split_channel(
     varying = next((d for d in gj if literals[d] == -1), None)
     follows = None
     if varying is None:
-        varying = next((d for d in gj if isinstance(given[d], SizeOf) and isinstance(given[d].of, Chan)), None)
+        varying = next((d for d in gj if _chan_size(given[d])), None)
     if varying is None:
         # right to left, before the innermost dim (``head_dim``): in (3, H, d) with H == 3 the heads are H
         for d in reversed(gj[:-1]):

@@ -47,12 +47,13 @@ from .norm import (
     DynamicLayerNorm,
     DynamicSyncBatchNorm,
 )
-from .sequential import DynamicSequential
+from .sequential import DynamicBlock, DynamicSequential
 from .tensors import DynamicTensors
 
 __all__ = [
     "BUILTIN_LAYER_TYPES",
     "DimBinding",
+    "DynamicBlock",
     "DynamicModule",
     "DynamicSequential",
     "DynamicTensors",

@@ -9,7 +9,7 @@ from torch import nn
 from ..hparam import _EPOCH, Hparam
 from .base import DynamicModule
 
-__all__ = ["DynamicSequential"]
+__all__ = ["DynamicBlock", "DynamicSequential"]
 
 
 class DynamicSequential(DynamicModule, nn.Sequential):
@@ -52,3 +52,33 @@ class DynamicSequential(DynamicModule, nn.Sequential):
         super()._dyn_export(tied)
         for key in list(self._modules)[depth:]:
             del self._modules[key]
+
+
+class DynamicBlock(DynamicModule):
+    """A block of a block list (a transformer layer) that can be dropped: while it is not kept (its own
+    ``keep`` hparam is 0, or its ``nn.ModuleList``'s depth is at most its index) its forward returns its
+    input (the first argument) unchanged; export removes it from its container.
+
+    It is a mixin over the block's own class (the block's forward, decorators included, runs when kept).
+    """
+
+    dynamic_flops_tensor = None
+
+    @staticmethod
+    def dynamic_layout(module: Any) -> dict[str, tuple[tuple[str, int], ...]]:
+        return {}
+
+    def _dyn_extra_hparams(self) -> tuple[Hparam, ...]:
+        return (self.__dict__["_dyn_keep"],)
+
+    @property
+    def kept(self) -> bool:
+        """Whether the block runs in the active subnet: its hparam (own ``keep``, or its container's
+        depth) exceeds its index."""
+        d = self.__dict__
+        return bool(d["_dyn_keep"].active > d["_dyn_index"])
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        if self.kept:
+            return super().forward(*args, **kwargs)
+        return args[0] if args else next(iter(kwargs.values()))
