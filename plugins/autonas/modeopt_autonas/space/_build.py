@@ -149,9 +149,10 @@ def _validate(model: nn.Module, structure: SpaceStructure, modules: dict[str, nn
         if d.module in depth_seen:
             _fail(f"depth spec for {d.module!r} appears twice")
         depth_seen.add(d.module)
-        bad = [i for i in d.skippable if not 0 <= i < len(seq)]
+        size = len(seq._modules) if seq is not None else 0
+        bad = [i for i in d.skippable if not 0 <= i < size]
         if bad:
-            _fail(f"depth spec of {d.module!r} marks children {bad} skippable but it has {len(seq)} children")
+            _fail(f"depth spec of {d.module!r} marks children {bad} skippable but it has {size} children")
 
 
 def _ratios(rule: Mapping[str, Any], key: str, where: str) -> list[float] | None:
