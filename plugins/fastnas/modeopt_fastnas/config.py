@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field
 
-from modeopt_autonas.space import ChannelRule, FeatureRule, NASRuleConfig, nas_rules
+from modeopt_autonas.space import ChannelRule, DepthRule, FeatureRule, NASRuleConfig, nas_rules
 from modeopt_core import make_rule_config
 
 __all__ = [
@@ -53,7 +53,7 @@ class FastNASFeatureRule(FeatureRule):
     min_width_steps: int = Field(default=DEFAULT_MIN_WIDTH_STEPS, ge=0, description=_STEPS_HELP)
 
 
-def _fastnas_rules() -> dict[str, tuple[type[BaseModel], dict[str, object]]]:
+def _fastnas_rules() -> dict[str, tuple[type[BaseModel], dict[str, object] | None]]:
     # The rule classes carry the FastNAS defaults, so overriding one key of a type (e.g. only the
     # divisor) keeps the fine ratios instead of falling back to AutoNAS's class defaults.
     swap: dict[type[BaseModel], type[BaseModel]] = {ChannelRule: FastNASChannelRule, FeatureRule: FastNASFeatureRule}
@@ -63,10 +63,14 @@ def _fastnas_rules() -> dict[str, tuple[type[BaseModel], dict[str, object]]]:
         group_norm={"channels_ratio": DEFAULT_RATIOS, "channel_divisor": DEFAULT_DIVISOR},
         depth=None,
     )
-    out: dict[str, tuple[type[BaseModel], dict[str, object]]] = {}
+    out: dict[str, tuple[type[BaseModel], dict[str, object] | None]] = {}
     for alias, (rule_cls, default) in rules.items():
         fast_cls = swap[rule_cls]
         out[alias] = (fast_cls, {**default, "min_width_steps": DEFAULT_MIN_WIDTH_STEPS})
+    # depth is off by default (FastNAS prunes widths); {"nn.ModuleList": {"drop_blocks": True}} lets the
+    # search drop whole blocks of a block list (transformer layers) too
+    out["nn.Sequential"] = (DepthRule, None)
+    out["nn.ModuleList"] = (DepthRule, None)
     return out
 
 
@@ -77,7 +81,8 @@ FastNASConfig = make_rule_config(
     doc=(
         "Config of the ``fastnas`` mode: one rule per module type (``None`` disables a type), overridable "
         "per module-name glob. Defaults: width ratios 0.05..1.0 in steps of 0.05, divisor 32 with "
-        "``min_width_steps=8`` (see ``modeopt_fastnas.config``), no kernel-size or depth search."
+        "``min_width_steps=8`` (see ``modeopt_fastnas.config``), no kernel-size or depth search (enable block "
+        "dropping with ``{'nn.ModuleList': {'drop_blocks': True}}``)."
     ),
     module=__name__,
 )

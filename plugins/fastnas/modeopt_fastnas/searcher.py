@@ -173,6 +173,7 @@ class BinarySearcher(IterativeSearcher):
         """The analytic :class:`SubnetProfiler` of the model's search space (one forward pass, then free)."""
         self.space = get_search_space(self.model)
         space_hps = {id(self.space.group_hparam(g.id)) for g in self.space.structure.groups}
+        space_hps |= {id(hp) for hp in self.space.block_hparams().values()}  # blocks that may be dropped
         self._targets = {n: hp for n, hp in self.space.named_hparams(True) if id(hp) in space_hps}
         if self.dummy_input is None:
             return None

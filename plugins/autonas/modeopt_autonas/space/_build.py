@@ -250,8 +250,46 @@ def _priority(role: str) -> int:
     return _ROLE_PRIORITY.get(role, _TENSOR_PRIORITY)
 
 
-def build(model: nn.Module, structure: SpaceStructure, rules: RulesFn) -> Built:
-    """Validate everything, then create hparams and convert modules in place."""
+def _uniform(
+    named: list[tuple[tuple, str, Hparam, str]], group_hp: dict[int, Hparam], structure: SpaceStructure,
+    modules: dict[str, nn.Module],
+) -> None:
+    """Share one hparam between the groups that play the same part in every block of a block list (the
+    same name up to the block: ``layers.*.mlp.up_proj.out_features``); its choices are the common ones."""
+    prefixes = []
+    for d in structure.depth:
+        if d.blocks:
+            for key in modules[d.module]._modules:
+                prefixes.append((_qualified(d.module, key) + ".", _qualified(d.module, "*") + "."))
+    by_id = {id(hp): gid for gid, hp in group_hp.items()}
+    shared: dict[str, int] = {}  # signature -> index in named of the hparam kept
+    drop: set[int] = set()
+    for i, (_, name, hp, _) in enumerate(named):
+        gid = by_id.get(id(hp))
+        prefix = next(((p, star) for p, star in prefixes if name.startswith(p)), None)
+        if gid is None or prefix is None:
+            continue
+        signature = prefix[1] + name[len(prefix[0]):]
+        if signature not in shared:
+            shared[signature] = i
+            named[i] = (named[i][0], signature, hp, named[i][3])
+            continue
+        keep = named[shared[signature]][2]
+        if hp.original != keep.original:
+            continue  # different widths (not the same part after all): stays separate
+        keep.restrict(hp.choices)
+        group_hp[gid] = keep
+        drop.add(i)
+    named[:] = [e for i, e in enumerate(named) if i not in drop]
+
+
+def build(model: nn.Module, structure: SpaceStructure, rules: RulesFn, *, uniform: bool = False) -> Built:
+    """Validate everything, then create hparams and convert modules in place.
+
+    Args:
+        uniform: one width per part of the blocks of each block list (every layer gets the same heads and
+            MLP width): what a Hugging Face config can describe.
+    """
     register_loaded()
     modules = dict(model.named_modules())
     order = {name: i for i, name in enumerate(modules)}
@@ -299,6 +337,9 @@ def build(model: nn.Module, structure: SpaceStructure, rules: RulesFn) -> Built:
         attr = dyn.dynamic_roles.get(b.role, b.role) if dyn is not None else b.role.split(":", 1)[1]
         name = _head_name(entries) or _qualified(b.module, attr) + (f".{i}" if len(b.segments) > 1 else "")
         named.append(((order[b.module], 1, _priority(b.role), i), name, hp, reason))
+
+    if uniform:
+        _uniform(named, group_hp, structure, modules)
 
     kernel_hp: dict[str, Hparam] = {}
     for mname in ruled:

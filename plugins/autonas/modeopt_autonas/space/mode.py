@@ -18,6 +18,7 @@ from modeopt_core import (
 
 from .analysis import AnalysisReport, analyze
 from .analysis.examples import example_input
+from .huggingface import describe_exported
 from .rules import ExportConfig, NASRuleConfig, module_type_alias
 from .search_space import SearchSpace
 from .structure import SpaceStructure
@@ -138,7 +139,7 @@ class NASModeBase(ModeDescriptor):
         finally:
             for m, flag in flags:
                 m.training = flag
-        space = SearchSpace.build(model, result.structure, _rules_fn(config))
+        space = SearchSpace.build(model, result.structure, _rules_fn(config), uniform=config.uniform)
         if not any(True for _ in space.named_hparams(True)):
             # apply_mode rolls the model back to its unconverted classes and attributes.
             raise ConvertError(_no_searchable_dimension_message(space, result.report))
@@ -173,7 +174,7 @@ class NASModeBase(ModeDescriptor):
                 "restore onto a fresh instance of the original model class"
             )
         structure = SpaceStructure.from_json(metadata["structure"])
-        space = SearchSpace.restore(model, structure, _rules_fn(config), metadata["subnet"])
+        space = SearchSpace.restore(model, structure, _rules_fn(config), metadata["subnet"], uniform=config.uniform)
         _set_space(model, space)
         self.on_space_ready(model, space, config)
         return model
@@ -221,6 +222,7 @@ class ExportNASMode(ModeDescriptor):
         subnet = space.config()
         space.export()
         _set_space(model, None)
+        describe_exported(model)  # Hugging Face models: layer indices and config follow the export
         return model, {"subnet": subnet}
 
     def restore(self, model: nn.Module, config: ModeConfig, metadata: Metadata) -> nn.Module:

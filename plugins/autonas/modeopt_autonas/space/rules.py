@@ -87,6 +87,11 @@ class NASRuleConfig(RuleConfig):
     leaf_modules: list[str] = Field(
         default_factory=list, description="globs of module names the analysis must not trace into"
     )
+    uniform: bool = Field(
+        default=False,
+        description="one width per part of the blocks of a block list (the same heads and MLP width in every "
+        "layer), so that an exported Hugging Face model is described by its config",
+    )
 
 
 def nas_rules(

@@ -68,7 +68,7 @@ class SearchSpace:
 
     # ---- construction -----------------------------------------------------------------------------
     @classmethod
-    def build(cls, model: nn.Module, structure: SpaceStructure, rules: RulesFn) -> SearchSpace:
+    def build(cls, model: nn.Module, structure: SpaceStructure, rules: RulesFn, *, uniform: bool = False) -> SearchSpace:
         """Convert ``model`` in place according to ``structure`` and ``rules``.
 
         ``rules(module_name, module)`` returns that module's resolved rule dict or None (freeze it).
@@ -76,7 +76,7 @@ class SearchSpace:
         choices, order), so a recorded structure rebuilds the identical space. On any error the
         model is left unchanged.
         """
-        return cls(model, structure, _build.build(model, structure, rules))
+        return cls(model, structure, _build.build(model, structure, rules, uniform=uniform))
 
     @classmethod
     def restore(
@@ -85,9 +85,11 @@ class SearchSpace:
         structure: SpaceStructure,
         rules: RulesFn,
         config: Mapping[str, int] | None = None,
+        *,
+        uniform: bool = False,
     ) -> SearchSpace:
         """Rebuild a recorded space on a fresh model and, if given, select ``config`` (strictly)."""
-        space = cls.build(model, structure, rules)
+        space = cls.build(model, structure, rules, uniform=uniform)
         if config is not None:
             space.select(config)
         return space

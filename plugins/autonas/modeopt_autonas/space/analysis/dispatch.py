@@ -127,6 +127,11 @@ def _binary(p: _GraphPass, node: fx.Node) -> Value:
     desc = p.desc(node)
     a = p.val(node.args[0]) if node.args else Static()
     b = p.val(node.args[1]) if len(node.args) > 1 else p.val(node.kwargs.get("other", 1))
+    size, factor = (a, b) if isinstance(a, SizeOf) else (b, a)
+    if isinstance(size, SizeOf) and node.target in (operator.mul, operator.imul):
+        value = factor.value if isinstance(factor, Static) else None
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return SizeOf(size.of, size.dim, size.mul * value)  # e.g. num_kv_heads * n_rep
     if isinstance(a, Chan) and isinstance(b, Chan):
         aligned = neg_aligned(a, b) if a.flat == b.flat else False
         if not aligned:

@@ -133,7 +133,9 @@ def _size_follows(p: _GraphPass, node: fx.Node, out: Chan, given: Value, prefer:
         return True
     if isinstance(given, SizeOf) and isinstance(given.of, Chan) and given.dim is not None:
         if is_dim(given.of, given.dim):
-            return p.ctx.table.union_seq(out.segs, given.of.segs, f"in {op} (a size read from another tensor)")
+            table = p.ctx.table
+            segs = tuple(table.coarse(s, given.mul) for s in given.of.segs)
+            return table.union_seq(out.segs, segs, f"in {op} (a size read from another tensor)")
     if isinstance(value, int) and not isinstance(value, bool):
         follows = _follow(p, node, value, prefer)
         if follows is not None:

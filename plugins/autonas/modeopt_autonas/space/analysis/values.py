@@ -67,10 +67,11 @@ class ShapeOf:
 
 @dataclass(frozen=True)
 class SizeOf:
-    """``x.size(d)`` / ``x.shape[d]``: an int computed at run time."""
+    """``x.size(d)`` / ``x.shape[d]``: an int computed at run time, times ``mul`` (``kv * n_rep``)."""
 
     of: Value
     dim: int | None
+    mul: int = 1
 
 
 @dataclass(frozen=True)
