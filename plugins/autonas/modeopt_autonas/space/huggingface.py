@@ -81,17 +81,17 @@ def describe_exported(model: nn.Module) -> bool:
     loads back with ``from_pretrained``. A non-HF model is left alone (True)."""
     if not is_huggingface(model):
         return True
-    config = model.config  # type: ignore[union-attr]
+    config: Any = model.config
     layers = _layer_list(model)
     uniform = True
     embedding = model.get_input_embeddings()  # type: ignore[operator]
     if isinstance(getattr(embedding, "embedding_dim", None), int):
         _set(config, _HIDDEN, embedding.embedding_dim)
     if layers is not None:
-        kept = []  # the original index of each kept layer
+        kept: list[int] = []  # the original index of each kept layer
         for i, block in enumerate(layers):
-            indexed = [m for m in block.modules() if isinstance(getattr(m, "layer_idx", None), int)]
-            kept.append(indexed[0].layer_idx)
+            indexed: list[Any] = [m for m in block.modules() if isinstance(getattr(m, "layer_idx", None), int)]
+            kept.append(int(indexed[0].layer_idx))
             for m in indexed:
                 m.layer_idx = i
         if isinstance(getattr(config, "layer_types", None), list) and len(config.layer_types) >= max(kept, default=-1) + 1:

@@ -20,7 +20,7 @@ from collections import Counter
 from torch import fx, nn
 
 from ..structure import DepthSpec
-from .ops import ADD_FUNCTIONS, ADD_METHODS, ELEMENTWISE_FUNCTIONS, ELEMENTWISE_METHODS, ELEMENTWISE_MODULES
+from .ops import ADD_FUNCTIONS, ADD_METHODS, ELEMENTWISE_FUNCTIONS, ELEMENTWISE_METHODS, elementwise_modules
 from .ops import module_class_in as _module_class_in
 from .tracer import ModuleCall, TracedGraph
 from .value_tracer import SHAPE_KEY
@@ -44,7 +44,7 @@ def _is_elementwise(node: fx.Node, traced: TracedGraph) -> bool:
             module = traced.root.get_submodule(str(node.target))
         except AttributeError:
             return False
-        return _module_class_in(module, ELEMENTWISE_MODULES)
+        return _module_class_in(module, elementwise_modules())
     return False
 
 

@@ -178,6 +178,21 @@ def _binary(p: _GraphPass, node: fx.Node) -> Value:
     return Static()
 
 
+def _roll(p: _GraphPass, node: fx.Node) -> Value:
+    """``torch.roll(x, shifts, dims)``: channels move only when the channel dim is rolled."""
+    x = p.val(node.args[0])
+    dims = p.val(p.arg(node, 2, "dims"))
+    literal = [d.value if isinstance(d, Static) else d for d in (dims.items if isinstance(dims, Tup) else (dims,))]
+    if not isinstance(x, Chan) or not literal or not all(isinstance(d, int) for d in literal):
+        return p.boundary(node)
+    on = [is_dim(x, d) for d in literal]
+    if any(o is None for o in on):
+        return p.boundary(node)
+    if any(on):
+        p.freeze(x, f"rolled along the channel dim by {p.desc(node)}")
+    return x
+
+
 def _getattr(p: _GraphPass, node: fx.Node) -> Value:
     x, attr = p.val(node.args[0]), node.args[1]
     if attr == "shape":
@@ -253,6 +268,10 @@ def _layout_common(p: _GraphPass, node: fx.Node, name: str, x: Value) -> Value |
     """Rules shared by ``torch.f(x, ...)`` and ``x.f(...)`` forms; None when ``name`` is not one."""
     desc = p.desc(node)
     if name == "flatten":
+        if isinstance(x, Chan) and not x.flat:
+            shaped_out = shaped.reshape(p, node, x, [], desc)  # with shapes: any regrouping, e.g. patch merging
+            if shaped_out is not None:
+                return shaped_out
         start, end = p.int_arg(node, 1, "start_dim", 0), p.int_arg(node, 2, "end_dim", -1)
         if isinstance(start, int) and isinstance(end, int):
             return layout.flatten(p.freeze, x, start, end, desc)
@@ -301,6 +320,8 @@ def call_function(p: _GraphPass, node: fx.Node) -> Value:
         return Tup(tuple(p.val(a) for a in [*node.args, *node.kwargs.values()]))
     if t in FUNCTIONAL_LAYERS:
         return p.functional_layer(node, *FUNCTIONAL_LAYERS[t])
+    if t is torch.roll:
+        return _roll(p, node)
     if t is F.scaled_dot_product_attention:
         return shaped.attention(p, node, p.desc(node))
     if t in _MATMUL:

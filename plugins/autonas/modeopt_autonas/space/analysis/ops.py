@@ -6,6 +6,7 @@ import builtins
 import math
 import operator
 import re
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -28,6 +29,7 @@ __all__ = [
     "SPATIAL_FUNCTIONS",
     "SPATIAL_MODULES",
     "STATIC_MODULES",
+    "elementwise_modules",
     "is_known_leaf",
     "is_static_function",
     "module_class_in",
@@ -199,9 +201,24 @@ def module_class_in(module: nn.Module, classes: tuple[type[nn.Module], ...]) -> 
     return False
 
 
+#: element-wise modules of optional libraries, by (module, class name): looked up only once the library
+#: is loaded (a model built from it imported it), so importing the analysis imports neither
+_OPTIONAL_ELEMENTWISE = (("timm.layers.drop", "DropPath"), ("torchvision.ops.stochastic_depth", "StochasticDepth"))
+
+
+def elementwise_modules() -> tuple[type[nn.Module], ...]:
+    """Element-wise module classes: torch's and those of loaded optional libraries (stochastic depth)."""
+    extra = []
+    for module_name, class_name in _OPTIONAL_ELEMENTWISE:
+        cls = getattr(sys.modules.get(module_name), class_name, None)
+        if isinstance(cls, type):
+            extra.append(cls)
+    return (*ELEMENTWISE_MODULES, *extra)
+
+
 def is_known_leaf(module: nn.Module) -> bool:
     """Modules the propagation handles as a whole (never traced into)."""
-    return module_class_in(module, ELEMENTWISE_MODULES + SPATIAL_MODULES + PAD_MODULES + STATIC_MODULES)
+    return module_class_in(module, elementwise_modules() + SPATIAL_MODULES + PAD_MODULES + STATIC_MODULES)
 
 
 def spatial_dims(module: nn.Module) -> int | None:

@@ -52,11 +52,11 @@ from ..layers import LayerRegistry
 from . import dispatch, layout
 from .groups import GroupTable
 from .ops import (
-    ELEMENTWISE_MODULES,
     META_ATTRS,
     PAD_MODULES,
     SHAPE_METHODS,
     SPATIAL_MODULES,
+    elementwise_modules,
     is_static_function,
     module_class_in,
     op_name,
@@ -281,7 +281,7 @@ class _GraphPass:
         if isinstance(module, nn.PReLU) and module.num_parameters != 1:
             self.freeze(x, f"flows into {desc} whose per-channel weights are not sliced")
             return x
-        if module_class_in(module, ELEMENTWISE_MODULES) or isinstance(module, nn.PReLU):
+        if module_class_in(module, elementwise_modules()) or isinstance(module, nn.PReLU):
             return x
         if module_class_in(module, SPATIAL_MODULES) and not getattr(module, "return_indices", False):
             return layout.spatial(self.freeze, x, spatial_dims(module), desc)

@@ -79,9 +79,7 @@ def _follow(p: _GraphPass, node: fx.Node, value: int, prefer: tuple[str, ...]) -
     """The int attribute of the module doing ``node`` that holds ``value`` (e.g. ``num_heads``), or None;
     among several, the first whose name contains one of ``prefer``."""
     stack = node.meta.get("nn_module_stack") or {}
-    if not stack:
-        return None
-    name = p.traced.qualify(next(reversed(stack.values()))[0])
+    name = p.traced.qualify(next(reversed(stack.values()))[0]) if stack else p.traced.scope
     module = p._module(name)
     if module is None:
         return None
