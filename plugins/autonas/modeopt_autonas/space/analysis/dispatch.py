@@ -182,8 +182,8 @@ def _roll(p: _GraphPass, node: fx.Node) -> Value:
     """``torch.roll(x, shifts, dims)``: channels move only when the channel dim is rolled."""
     x = p.val(node.args[0])
     dims = p.val(p.arg(node, 2, "dims"))
-    literal = [d.value if isinstance(d, Static) else d for d in (dims.items if isinstance(dims, Tup) else (dims,))]
-    if not isinstance(x, Chan) or not literal or not all(isinstance(d, int) for d in literal):
+    literal = _int_list(list(dims.items) if isinstance(dims, Tup) else [dims])
+    if not isinstance(x, Chan) or not literal:
         return p.boundary(node)
     on = [is_dim(x, d) for d in literal]
     if any(o is None for o in on):
