@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+# Tests build tiny random-config models in code; a hub lookup would be a bug (and there is no network).
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 PLUGIN_DISTS = Path(__file__).parent / "core" / "plugin_dists"
 

@@ -64,7 +64,10 @@ def _set_space(model: nn.Module, space: SearchSpace | None) -> None:
 
 
 def _class_name(model: nn.Module) -> str:
-    return f"{type(model).__module__}.{type(model).__qualname__}"
+    # A root module that carries searchable tensors (ViT class token, pos-embed) is itself
+    # class-swapped; the user's class is the one a fresh model has.
+    cls = model.__dict__.get("_dyn_original_cls", type(model))
+    return f"{cls.__module__}.{cls.__qualname__}"
 
 
 def _rules_fn(config: NASRuleConfig) -> Any:
