@@ -79,12 +79,11 @@ def check_model(name: str, model: nn.Module, x: torch.Tensor) -> Outcome:
                 if not torch.isfinite(y).all():
                     return _failed(outcome, f"{mode}: non-finite outputs")
                 exported = mo.export(copy.deepcopy(converted)).eval()
-                with torch.no_grad(), FlopCounterMode(display=False) as counter:
-                    y_exported = exported(x)
+                y_exported, counted = _counted_forward(exported, x)
                 diff = _close(y_exported, y)
                 if diff > TOLERANCE:
                     return _failed(outcome, f"{mode}: export differs from the supernet by {diff:.3g}")
-                flops, counted = profiler.flops(), counter.get_total_flops()
+                flops = profiler.flops()
                 if abs(flops - counted) > 0.01 * max(counted, 1):
                     return _failed(outcome, f"{mode}: analytic FLOPs {flops} vs flop_counter {counted}")
                 params = sum(p.numel() for p in exported.parameters())
@@ -93,6 +92,19 @@ def check_model(name: str, model: nn.Module, x: torch.Tensor) -> Outcome:
     except Exception as exc:
         return _failed(outcome, f"{type(exc).__name__}: {exc}")
     return outcome
+
+
+def _counted_forward(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """The output and ``flop_counter``'s FLOPs of one forward. Without gradients first: FlopCounterMode
+    under ``no_grad`` trips on a no-grad view of a parameter fed to a submodule (timm CaiT/PiT's
+    ``cls_token.expand``), so those models are counted with gradients enabled."""
+    try:
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            y = model(x)
+    except AssertionError:
+        with torch.enable_grad(), FlopCounterMode(display=False) as counter:
+            y = model(x).detach()
+    return y, counter.get_total_flops()
 
 
 def _failed(outcome: Outcome, detail: str) -> Outcome:

@@ -11,9 +11,9 @@ that the model accepts (64 is the floor on purpose: at 32 many CNNs end in 1x1 m
 in one-token attention, which would hide slicing mistakes). ``img_size``, when set, is passed to
 ``timm.create_model`` (``img_size=``) for models whose position embeddings / attention biases fix
 their input size; it always equals ``input_size``. Every model is built with ``pretrained=False,
-num_classes=10``. Sizes were found by ``bench/survey_timm.py``'s prober (forward at batch 2, eval).
+num_classes=10``. Sizes were found by a prober (forward at batch 2, eval) during the survey.
 
-``EXCLUDED`` lists what was left out and why (nothing silently); ``bench/survey_timm.py`` records
+``EXCLUDED`` lists what was left out and why (nothing silently); ``bench/timm_zoo.py`` records
 per-case failures (timeouts over its limit, crashes) rather than dropping cases.
 """
 
@@ -293,6 +293,6 @@ CASES: list[TimmCase] = [
 FAMILIES: list[str] = list(dict.fromkeys(c.family for c in CASES))
 
 #: families or variants deliberately not sampled, with the reason. Empty: all 98 timm 1.0.31 model
-#: modules are covered; ``bench/survey_timm.py`` records the cases that fail to build, run or convert
+#: modules are covered; ``bench/timm_zoo.py`` records the cases that fail to build, run or convert
 #: within its per-model limit instead of dropping them here.
 EXCLUDED: dict[str, str] = {}

@@ -46,6 +46,10 @@ def _reshape(p: Param, shape: Sequence[Any]) -> Param | None:
     targets = [i for i, n in enumerate(resolved) if n != 1]
     if math.prod(n for n in resolved if n is not None) != numel or len(targets) != 1:
         return None
+    if sizes[targets[0]] != -1:
+        # A literal size (e.g. timm's ``self.scale.view(self.shape)`` with a stored tuple) would stay
+        # fixed when the parameter shrinks: not a view that follows the subnet.
+        return None
     dims: list[int | None] = [None] * len(resolved)
     dims[targets[0]] = _dims(p)[big[0]]
     return Param(p.name, tuple(int(n) for n in resolved if n is not None), tuple(dims), p.constant)

@@ -93,6 +93,7 @@ class _ChannelTracer(fx.Tracer):
         self.constants: dict[str, torch.Tensor] = {}
         self.failure: tuple[str, BaseException] | None = None
         self._buffers: dict[int, str] | None = None
+        self._params: dict[int, str] | None = None
         self.inputs: dict[str, Any] = {}
         self._eager = 0
 
@@ -101,6 +102,23 @@ class _ChannelTracer(fx.Tracer):
         if self._buffers is None:
             self._buffers = {id(b): name for name, b in self.root.named_buffers()}
         return self._buffers
+
+    def _param_names(self) -> dict[int, str]:
+        """id -> name of the root's parameters (fx scans ``named_parameters()`` per access: quadratic)."""
+        if self._params is None:
+            self._params = {}
+            for name, p in self.root.named_parameters():
+                self._params.setdefault(id(p), name)
+        return self._params
+
+    def getattr(self, attr: str, attr_val: Any, parameter_proxy_cache: dict[str, Any]) -> Any:
+        if isinstance(attr_val, nn.Parameter):
+            name = self._param_names().get(id(attr_val))
+            if name is not None:
+                if name not in parameter_proxy_cache:
+                    parameter_proxy_cache[name] = self.create_proxy("get_attr", name, (), {})
+                return parameter_proxy_cache[name]
+        return super().getattr(attr, attr_val, parameter_proxy_cache)
 
     def _qualify(self, name: str) -> str:
         if not self._scope:
@@ -136,6 +154,11 @@ class _ChannelTracer(fx.Tracer):
         return out
 
     def create_arg(self, a: Any) -> Any:
+        # Parameters and buffers by a cached id lookup (fx scans all of the root's per argument).
+        if isinstance(a, torch.Tensor):
+            name = (self._param_names() if isinstance(a, nn.Parameter) else self._buffer_names()).get(id(a))
+            if name is not None:
+                return self.create_node("get_attr", name, (), {})
         # fx would setattr a non-parameter constant tensor onto the root; keep it here instead.
         if isinstance(a, torch.Tensor) and not isinstance(a, nn.Parameter) and a not in self.tensor_attrs:
             if id(a) not in self._buffer_names():
