@@ -28,8 +28,16 @@ from .errors import CheckpointError, ModeNotFoundError, ModeoptError
 from .plugins import plugin_failures
 from .registry import list_modes, mode_provider
 
-__all__ = ["STATE_PREFIX", "EXTRA_PREFIX", "Checkpoint", "clip", "decode_state", "mismatch", "read_checkpoint",
-           "validate_state"]
+__all__ = [
+    "EXTRA_PREFIX",
+    "STATE_PREFIX",
+    "Checkpoint",
+    "clip",
+    "decode_state",
+    "mismatch",
+    "read_checkpoint",
+    "validate_state",
+]
 
 _log = logging.getLogger(__name__)
 

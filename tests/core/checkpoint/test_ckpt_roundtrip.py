@@ -12,7 +12,6 @@ from hypothesis import strategies as st
 from torch import nn
 
 import modeopt_core as mo
-from modeopt_core import _container
 from modeopt_core._reader import read_header
 from modeopt_core.checkpoint import inspect_checkpoint, restore, save
 from tests.core.checkpoint.ckpt_helpers import (
