@@ -24,6 +24,7 @@ from .conversion import (
     validate_modeopt_state,
 )
 from .errors import (
+    ArgumentError,
     CheckpointError,
     ConfigError,
     ConstraintError,
@@ -53,6 +54,7 @@ from .state import unwrap_model
 from .statefile import read_state_file, write_state_file
 
 __all__ = [
+    "ArgumentError",
     "BaseSearcher",
     "CalibrationError",
     "CheckpointError",

@@ -321,6 +321,9 @@ def parse_aliases(header: Header, text: str) -> dict[str, str]:
 
 
 def same_file_identity(a: os.stat_result, b: os.stat_result) -> bool:
-    """Whether two ``fstat`` results describe the same, unmodified file."""
-    return (a.st_dev, a.st_ino, a.st_size, a.st_mtime_ns, a.st_ctime_ns) == (
-        b.st_dev, b.st_ino, b.st_size, b.st_mtime_ns, b.st_ctime_ns)
+    """Whether two ``fstat`` results describe the same file with unmodified content.
+
+    Not the change time nor the link count: both change when a writer renames a new file over this
+    one (the old inode loses its name), which leaves the content that is being read intact.
+    """
+    return (a.st_dev, a.st_ino, a.st_size, a.st_mtime_ns) == (b.st_dev, b.st_ino, b.st_size, b.st_mtime_ns)

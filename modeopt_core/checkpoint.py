@@ -155,9 +155,10 @@ def restore(model: nn.Module, path: str | os.PathLike[str]) -> nn.Module:
             snapshot.restore()
             _set_state(model, None)
             if isinstance(exc, CheckpointError):
+                text = str(exc) if str(exc).startswith(ckpt.path) else f"{ckpt.path}: {exc}"
                 raise CheckpointError(
-                    f"{ckpt.path}: {exc}. The model's modes and structure were rolled back, but tensors already "
-                    "copied keep the file's values: build the model afresh before using it"
+                    f"{text}. The model's modes and structure were rolled back, but tensors already copied keep "
+                    "the file's values: build the model afresh before using it"
                 ) from exc
             raise
     _log.info("restored %s: modes %s, %d tensors", ckpt.path, modes, len(layout.shapes))

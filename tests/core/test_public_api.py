@@ -11,6 +11,7 @@ EXPECTED = {
     "register_plugin", "restore_from_modeopt_state", "search", "unregister_plugin", "unwrap_model",
     "validate_config", "validate_modeopt_state",
     # searcher base
+    "ArgumentError",
     "BaseSearcher", "IterativeSearcher", "Constraints", "ConstraintResult", "ModelProfiler", "ForwardProfiler",
     "recalibrate_batchnorm", "make_forward_loop", "CalibrationError",
     # checkpoints

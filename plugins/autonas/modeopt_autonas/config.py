@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import nn
@@ -18,7 +18,9 @@ __all__ = [
     "DepthRule",
     "ExportConfig",
     "FeatureRule",
+    "KernelSize",
     "NASRuleConfig",
+    "Ratio",
     "SupernetRuleConfig",
     "module_type_alias",
     "nas_rules",
@@ -27,6 +29,11 @@ __all__ = [
 
 class _Rule(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+#: rule numbers are strict: "8" or True is an error, not 8 or 1 (JSON lists still read as tuples)
+Ratio = Annotated[float, Field(strict=True)]
+KernelSize = Annotated[int, Field(strict=True)]
 
 
 def _check_ratios(value: tuple[float, ...] | None) -> tuple[float, ...] | None:
@@ -42,11 +49,11 @@ def _check_ratios(value: tuple[float, ...] | None) -> tuple[float, ...] | None:
 class ChannelRule(_Rule):
     """Rule of a conv (or GroupNorm): which output-channel widths to offer."""
 
-    channels_ratio: tuple[float, ...] | None = Field(
+    channels_ratio: tuple[Ratio, ...] | None = Field(
         default=(0.5, 0.67, 1.0), description="widths as ratios of the original (always incl. 1.0)"
     )
-    channel_divisor: int = Field(default=8, ge=1, description="round each width to a multiple of this")
-    kernel_size: tuple[int, ...] = Field(
+    channel_divisor: int = Field(default=8, ge=1, strict=True, description="round each width to a multiple of this")
+    kernel_size: tuple[KernelSize, ...] = Field(
         default=(), description="odd kernel sizes to offer (centred sub-kernels); () = keep the original"
     )
 
@@ -56,8 +63,8 @@ class ChannelRule(_Rule):
 class FeatureRule(_Rule):
     """Rule of a Linear or a norm layer: which feature widths to offer."""
 
-    features_ratio: tuple[float, ...] | None = Field(default=(0.5, 0.67, 1.0), description="widths as ratios")
-    feature_divisor: int = Field(default=8, ge=1, description="round each width to a multiple of this")
+    features_ratio: tuple[Ratio, ...] | None = Field(default=(0.5, 0.67, 1.0), description="widths as ratios")
+    feature_divisor: int = Field(default=8, ge=1, strict=True, description="round each width to a multiple of this")
 
     _ratios = field_validator("features_ratio")(_check_ratios)
 
@@ -65,7 +72,7 @@ class FeatureRule(_Rule):
 class DepthRule(_Rule):
     """Rule of an ``nn.Sequential`` of residual blocks: elastic depth."""
 
-    min_depth: int = Field(default=0, ge=0, description="never keep fewer children than this")
+    min_depth: int = Field(default=0, ge=0, strict=True, description="never keep fewer children than this")
 
 
 _CONVS = ("nn.Conv1d", "nn.Conv2d", "nn.Conv3d", "nn.ConvTranspose1d", "nn.ConvTranspose2d", "nn.ConvTranspose3d")
@@ -113,7 +120,7 @@ class SupernetRuleConfig(NASRuleConfig):
         description="subnet drawn by each training forward: 'random' (uniform), or 'sandwich' (max, min, "
         "random in rotation)",
     )
-    seed: int = Field(default=0, description="seed of the training-time subnet sampler (reproducible runs)")
+    seed: int = Field(default=0, strict=True, description="seed of the training-time subnet sampler (reproducible runs)")
 
 
 AutoNASConfig = make_rule_config(
@@ -133,7 +140,7 @@ AutoNASConfig = make_rule_config(
 class ExportConfig(ModeConfig):
     """Config of the ``export_nas`` mode."""
 
-    strict: bool = Field(default=True, description="on restore, require the recorded subnet to match exactly")
+    strict: bool = Field(default=True, strict=True, description="on restore, require the recorded subnet to match exactly")
 
 
 def module_type_alias(module: nn.Module) -> str | None:

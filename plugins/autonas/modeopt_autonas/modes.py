@@ -87,6 +87,10 @@ class NASModeBase(ModeDescriptor):
     def export_mode(self) -> str | None:
         return "export_nas"
 
+    @property
+    def accepted_mode_kwargs(self) -> frozenset[str] | None:
+        return frozenset()  # everything is in the config
+
     def build_space(self, model: nn.Module, config: NASRuleConfig) -> SearchSpace:
         """Analyse ``model`` and convert it in place into a search space."""
         if has_search_space(model):
@@ -197,6 +201,10 @@ class ExportNASMode(ModeDescriptor):
     @property
     def is_export_mode(self) -> bool:
         return True
+
+    @property
+    def accepted_mode_kwargs(self) -> frozenset[str] | None:
+        return frozenset()
 
     def convert(self, model: nn.Module, config: ModeConfig, **mode_kwargs: Any) -> tuple[nn.Module, Metadata]:
         space = get_search_space(model)

@@ -23,13 +23,14 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import torch
+from pydantic import BaseModel, ConfigDict
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from modeopt_core.calibration import DEFAULT_MIN_CALIBRATION_BATCHES, CalibrationError, recalibrate_batchnorm
 from modeopt_core.constraints import ModelProfiler, unpack_dummy_input
 from modeopt_core.errors import ConfigError, ConstraintError, SearchError
 from modeopt_core.search_config import candidate_key, check_bool, check_float, check_int
-from modeopt_core.searcher import IterativeSearcher, SearchConfig
+from modeopt_core.searcher import FiniteFloat, IterativeSearcher, SearchConfig, SubnetConfig, state_error
 
 from .modes import get_search_space
 from .profile import SubnetProfiler
@@ -52,6 +53,15 @@ class _AtConfig:
 
     def params(self) -> float:
         return self._profiler.params(self._config)
+
+
+class _Member(BaseModel):
+    """A scored candidate of an evolutionary generation, as checkpointed."""
+
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+    config: SubnetConfig
+    score: FiniteFloat
 
 
 class NASSearcher(IterativeSearcher):
@@ -108,6 +118,20 @@ class NASSearcher(IterativeSearcher):
 
     def current_config(self) -> dict[str, Any]:
         return self.space.config()
+
+    def validate_state(self, state: Mapping[str, Any]) -> None:
+        """Also: every subnet config recorded in a resumed state is a subnet of this space."""
+        super().validate_state(state)
+        choices = self.choices()
+        recorded = [(f"history[{i}].config", r["config"]) for i, r in enumerate(state["history"])]
+        recorded += [("best.config", state["best"]["config"])] if state["best"] is not None else []
+        recorded += [("original_config", state["original_config"])] if state["original_config"] is not None else []
+        for key in ("population", "parents"):
+            recorded += [(f"{key}[{i}].config", m["config"]) for i, m in enumerate(state.get(key, []))]
+        for where, config in recorded:
+            if set(config) != set(choices) or any(type(config[n]) is not int or config[n] not in c
+                                                  for n, c in choices.items()):
+                raise state_error(where, "not a subnet of this search space (unknown names or choices)")
 
     def choices(self) -> dict[str, tuple[int, ...]]:
         """Choices of every configurable hparam, in the space's order."""
@@ -282,6 +306,10 @@ class EvolveSearcher(NASSearcher):
     @property
     def default_state_dict(self) -> dict[str, Any]:
         return {**super().default_state_dict, "population": [], "parents": []}
+
+    @property
+    def state_schema(self) -> dict[str, Any]:
+        return {**super().state_schema, "population": list[_Member], "parents": list[_Member]}
 
     def sanitize_search_config(self, config: Mapping[str, Any] | None) -> SearchConfig:
         merged = super().sanitize_search_config(config)

@@ -6,6 +6,7 @@ import copy
 import math
 import random
 from collections.abc import Iterator, Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -186,12 +187,13 @@ class SearchSpace:
         return f"SearchSpace({sum(1 for _ in self.named_hparams(True))} hparams, size={self.size()})"
 
     # ---- sorting and export -----------------------------------------------------------------------
-    def sort_by_importance(self, names: list[str] | None = None) -> dict[str, torch.Tensor]:
-        """Physically reorder channels so the most important come first (see ``importance``)."""
+    def sort_by_importance(self, names: list[str] | None = None, *, log: list[Any] | None = None) -> dict[str, torch.Tensor]:
+        """Physically reorder channels so the most important come first (see ``importance``; ``log``
+        records the changes for ``importance.undo_sort``)."""
         self._alive()
         from .importance import sort_by_importance
 
-        return sort_by_importance(self, names)
+        return sort_by_importance(self, names, log=log)
 
     def export(self, inplace: bool = True) -> nn.Module:
         """A plain torch model of the active subnet (original classes, smaller weights).
