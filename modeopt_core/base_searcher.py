@@ -39,10 +39,10 @@ from typing import Any, ClassVar, final
 from torch import nn
 
 from . import distributed
-from .calibration import ForwardLoop, make_forward_loop
-from .constraints import Constraints, ForwardProfiler, ModelProfiler
 from ._args import require_module
 from ._search_state import check_state_schema, decode_rng_state, encode_rng_state
+from .calibration import ForwardLoop, make_forward_loop
+from .constraints import Constraints, ForwardProfiler, ModelProfiler
 from .errors import CheckpointError, ConfigError, ConstraintError, ModeoptError, SearchError
 from .search_config import (
     check_bool,

@@ -70,6 +70,18 @@ def _rules_fn(config: NASRuleConfig) -> Any:
     return rules
 
 
+def _why_not_searchable(space: SearchSpace, result: Any, shown: int = 8) -> str:
+    """Why nothing is searchable, never empty: untraceable modules (their tracing error) first, then the
+    frozen hparams and the analysis' frozen items."""
+    reasons = [f"{name or '(model)'} cannot be traced: {error}" for name, error in result.report.untraceable.items()]
+    reasons += [f"{name}: {why}" for name, why in space.frozen.items()]
+    reasons += [f"{item.module or '(model)'}: {item.reason}" for item in result.structure.frozen
+                if not item.reason.startswith("untraceable module")]
+    reasons = list(dict.fromkeys(reasons)) or ["no module has a type the rules cover (every rule is None?)"]
+    more = f"; ... ({len(reasons) - shown} more)" if len(reasons) > shown else ""
+    return "; ".join(reasons[:shown]) + more
+
+
 class NASModeBase(ModeDescriptor):
     """Shared convert/restore of the modes that turn a model into a search space.
 
@@ -108,9 +120,8 @@ class NASModeBase(ModeDescriptor):
         if not any(True for _ in space.named_hparams(True)):
             # apply_mode rolls the model back to its unconverted classes and attributes.
             raise ConvertError(
-                "the model has no searchable dimension under these rules. Frozen: "
-                + "; ".join(f"{k}: {v}" for k, v in list(space.frozen.items())[:8])
-                + ". Relax the rules (smaller channel_divisor, more ratios) or see the analysis report "
+                f"the model has no searchable dimension under these rules. Why: {_why_not_searchable(space, result)}. "
+                "Relax the rules (smaller channel_divisor, more ratios) or see the analysis report "
                 "(modeopt_autonas.analyze(model).report.format_table())"
             )
         return space
