@@ -66,9 +66,12 @@ def _format_validation_error(cls: type[BaseModel], err: ValidationError) -> str:
     lines = []
     for item in err.errors():
         loc = tuple(item["loc"])
+        field = cls.model_fields.get(str(loc[0])) if loc else None
+        if field is not None and field.alias:  # assignments report field names: show the key the user writes
+            loc = (field.alias, *loc[1:])
         path = ".".join(str(p) for p in loc) or "<config>"
         msg = item["msg"]
-        if item["type"] == "extra_forbidden":
+        if item["type"] in ("extra_forbidden", "no_such_attribute"):
             accepted, owner = _accepted_at(cls, loc)
             msg = _unknown_key(loc[-1], accepted).replace("accepted keys are", f"accepted keys{owner} are")
         elif item["type"] == "value_error":
