@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import random
 import struct
@@ -43,29 +44,34 @@ from modeopt_core._atomic import temporary_pattern
 from modeopt_core._container import DIGEST_KEY, feed_digest, new_digest
 from modeopt_core._reader import ContainerFile
 
-_WIDTHS = (8, 16, 32)
+_WIDTHS = (8, 16, 32)  # the mutated files: small, so that thousands restore quickly
+_BIG_WIDTHS = (64, 128, 256)  # kills and races: 11 MB, so that saves take long enough to be hit
 _TABLES = ("state", "extra_state", "aliases", "mode_provider", "module_versions")
 
 
 # --------------------------------------------------------------------------- models
-def _fresh() -> nn.Module:
+def _fresh(widths: tuple[int, int, int] = _WIDTHS) -> nn.Module:
     from modeopt_fastnas.digits import DigitsResNet
 
-    return DigitsResNet(_WIDTHS)
+    return DigitsResNet(widths)
 
 
-def _snapshot(k: int) -> nn.Module:
-    """Save number ``k``: a ``fastnas`` model at a subnet chosen by ``k``, every parameter equal to ``k``."""
+def _set_save_number(model: nn.Module, k: int) -> nn.Module:
+    """Make ``model`` save number ``k``: the subnet chosen by ``k``, every parameter equal to ``k``."""
     from modeopt_autonas.modes import get_search_space
 
-    torch.manual_seed(0)
-    model = mo.apply_mode(_fresh(), ["fastnas"])
     space = get_search_space(model)
     space.select({name: hp.choices[k % len(hp.choices)] for name, hp in space.named_hparams(True)})
     with torch.no_grad():
         for p in model.parameters():
             p.fill_(float(k))
     return model
+
+
+def _snapshot(k: int, widths: tuple[int, int, int] = _WIDTHS) -> nn.Module:
+    """Save number ``k`` of a ``fastnas``-converted digits CNN."""
+    torch.manual_seed(0)
+    return _set_save_number(mo.apply_mode(_fresh(widths), ["fastnas"]), k)
 
 
 def _consistent(model: nn.Module) -> int | None:
@@ -236,9 +242,10 @@ def part_files(n: int, rng: random.Random, workdir: Path) -> Counter[str]:
 def _writer(path: str, first: int) -> None:
     """Child: save number ``first``, ``first + 1``, ... to ``path`` forever; print each number once saved."""
     torch.set_num_threads(1)
+    model = _snapshot(first, _BIG_WIDTHS)  # converted once: the loop is then nearly all save()
     k = first
     while True:
-        mo.save(_snapshot(k), path)
+        mo.save(_set_save_number(model, k), path)
         print(k, flush=True)
         k += 1
 
@@ -267,13 +274,13 @@ def part_kills(k: int, rng: random.Random, workdir: Path) -> Counter[str]:
         proc.stdout.close()  # type: ignore[union-attr]
         strays = [p for p in workdir.iterdir() if temporary_pattern(path).fullmatch(p.name)]
         try:
-            saved = _consistent(mo.restore(_fresh(), path))
+            saved = _consistent(mo.restore(_fresh(_BIG_WIDTHS), path))
             outcomes["file restores to one complete save" if saved is not None else "MIXED FILE"] += 1
         except mo.ModeoptError as exc:
             outcomes[f"DAMAGED: {str(exc)[:60]}"] += 1
             saved = None
         outcomes[f"kill left {len(strays)} temporary file(s)"] += 1
-        mo.save(_snapshot(0), path)  # the next save cleans up
+        mo.save(_snapshot(0, _BIG_WIDTHS), path)  # the next save cleans up
         left = [p for p in workdir.iterdir() if temporary_pattern(path).fullmatch(p.name)]
         outcomes[f"after the next save: {len(left)} left"] += 1
         first = (saved or 0) + 1000
@@ -288,7 +295,7 @@ def part_races(r: int, workdir: Path) -> Counter[str]:
     try:
         for _ in range(r):
             try:
-                saved = _consistent(mo.restore(_fresh(), path))
+                saved = _consistent(mo.restore(_fresh(_BIG_WIDTHS), path))
             except mo.ModeoptError as exc:
                 outcomes[f"refused: {str(exc)[:50]}"] += 1
                 continue
@@ -322,6 +329,7 @@ def main(argv: list[str] | None = None) -> int:
         _writer(args.child_writer[0], int(args.child_writer[1]))
         return 0
     set_threads(args.threads)
+    logging.getLogger("modeopt_core").setLevel(logging.ERROR)  # forged providers log a warning each
     files, kills, races = (20, 1, 4) if args.quick else (args.files, args.kills, args.races)
     rng = random.Random(args.seed)
     print(f"# Checkpoint stress: {files} mutated files (+ hand-crafted), {kills} kills, {races} racing restores\n")

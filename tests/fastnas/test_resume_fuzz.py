@@ -114,6 +114,8 @@ def test_an_unmutated_checkpoint_resumes_to_the_same_result(tmp_path: Path,
     (lambda s: s.__setitem__("original_score", float("nan")), "original_score"),
     (lambda s: s.__setitem__("num_score_evals", True), "num_score_evals"),
     (lambda s: s.__setitem__("iter_num", 10**30), "iter_num"),
+    (lambda s: s["original_config"].__setitem__("conv1.out_channels", None), "original_config"),  # found by the fuzz
+    (lambda s: s["original_config"].__setitem__("conv1.out_channels", 3), "original_config"),
 ])
 def test_forged_states_the_probe_found(tmp_path: Path, finished: tuple[dict[str, Any], dict[str, Any]],
                                        edit: Any, match: str) -> None:

@@ -153,6 +153,11 @@ class BinarySearcher(IterativeSearcher):
         """Also: each mapped hparam is a prunable hparam of this space, its entry lists exactly its choices
         with a finite drop or None (always None for the widest), and a map comes with the original score."""
         super().validate_state(state)
+        original = state["original_config"]
+        choices = {n: hp.choices for n, hp in self._space().named_hparams(True)}
+        if original is not None and (set(original) != set(choices) or any(
+                type(original[n]) is not int or original[n] not in c for n, c in choices.items())):
+            raise state_error("original_config", "not a subnet of this search space (unknown names or choices)")
         if state["sensitivity_raw"] and state["original_score"] is None:
             raise state_error("original_score", "a sensitivity map without the original score")
         for name, raw in state["sensitivity_raw"].items():
@@ -497,6 +502,10 @@ class BinarySearcher(IterativeSearcher):
     def results(self) -> dict[str, Any]:
         """Adds the sensitivity map, the chosen subnet and threshold, FLOPs/params before and after,
         score-evaluation counts, timings and the thresholds the binary search visited."""
+        with self._restore_on_error():  # a search that cannot report leaves the model as it found it
+            return self._results()
+
+    def _results(self) -> dict[str, Any]:
         res = super().results()
         counter = self._counter()
         original = self.original_config or {}
