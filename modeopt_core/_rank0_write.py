@@ -65,7 +65,7 @@ def write_on_main(path: str, write: Callable[[], None]) -> None:
         store.set(key + "/begin", "1")
         try:
             write()
-        except Exception as exc:
+        except BaseException as exc:  # also KeyboardInterrupt: the waiting ranks must not wait forever
             store.set(key + "/end", f"{type(exc).__name__}: {exc}")
             raise
         store.set(key + "/end", "")
