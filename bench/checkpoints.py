@@ -13,7 +13,12 @@ memory figures are the *extra* memory of the operation on top of the model:
 Restores read a file that was just written (in the page cache); ``mmap`` loaders then map cached
 pages. ``torch.load`` always uses ``weights_only=True``.
 
-    .venv/bin/python bench/checkpoints.py [--runs 3] [--models resnet50,resnet50+fastnas,mlp300m] [--quick]
+A second table times ``modeopt save`` against ``torch.save`` of ResNet-50 in *one* process, the
+operations interleaved (rotating who goes first) so that they share the machine's load; median of
+``--ratio-runs`` (default 5) after a warm-up, with the ratio (the target is <= 1.2). ``--ratio`` runs
+only that table.
+
+    .venv/bin/python bench/checkpoints.py [--runs 3] [--models resnet50,resnet50+fastnas,mlp300m] [--ratio] [--quick]
 """
 
 from __future__ import annotations
@@ -122,6 +127,57 @@ def _operation(op: str, model_name: str, path: str) -> Any:
     return lambda: model.load_state_dict(safetensors.torch.load_file(path))
 
 
+_RATIO_OPS = ("torch.save", "modeopt save", "modeopt save durable", "torch.load", "torch.load mmap", "modeopt restore")
+
+
+def _ratio_child(spec: dict[str, Any]) -> None:
+    """Time the :data:`_RATIO_OPS` round-robin in this one process; print their wall times as JSON."""
+    import modeopt_core as mo
+
+    set_threads(spec["threads"])
+    model, name, folder = _build(spec["model"]), spec["model"], Path(spec["path"])
+    torch_path, mo_path = folder / "ratio.pt", folder / "ratio.safetensors"
+    ops: dict[str, Any] = {
+        "torch.save": lambda: torch.save(model.state_dict(), torch_path),
+        "modeopt save": lambda: mo.save(model, mo_path),
+        "modeopt save durable": lambda: mo.save(model, mo_path, durable=True),
+        "torch.load": lambda: model.load_state_dict(torch.load(torch_path, weights_only=True)),
+        "torch.load mmap": lambda: model.load_state_dict(torch.load(torch_path, weights_only=True, mmap=True)),
+    }
+    fresh: list[nn.Module] = []
+    ops["modeopt restore"] = lambda: mo.restore(fresh.pop(), mo_path)
+    times: dict[str, list[float]] = {op: [] for op in _RATIO_OPS}
+    for i in range(spec["runs"] + 1):  # round 0 is the warm-up
+        order = list(_RATIO_OPS[i % len(_RATIO_OPS):] + _RATIO_OPS[: i % len(_RATIO_OPS)])
+        for op in sorted(order, key=lambda o: "load" in o or "restore" in o):  # saves first: loads read them
+            if op == "modeopt restore":
+                fresh.append(_fresh(name))
+            gc.collect()
+            t0 = time.perf_counter()
+            ops[op]()
+            if i:
+                times[op].append(time.perf_counter() - t0)
+    print(json.dumps(times))
+
+
+def _ratio_table(model: str, folder: str, runs: int, threads: int) -> str:
+    spec = json.dumps({"model": model, "path": folder, "runs": runs, "threads": threads})
+    out = subprocess.run([sys.executable, __file__, "--ratio-child", spec], stdout=subprocess.PIPE, text=True,
+                         check=True).stdout
+    times = json.loads(out.strip().splitlines()[-1])
+    med = {op: statistics.median(v) for op, v in times.items()}
+    rows = []
+    for op in _RATIO_OPS:
+        ref = med["torch.save"] if "save" in op else med["torch.load"]
+        rows.append([op, f"{1e3 * med[op]:.1f}", f"{1e3 * min(times[op]):.1f}", f"{med[op] / ref:.2f}x"])
+    table = markdown_table(["operation", "median ms", "best ms", "vs torch.save / torch.load"], rows, align="lrrr")
+    ratio = med["modeopt save"] / med["torch.save"]
+    return (f"## {model}: save and restore vs torch in one process, interleaved (median of {runs})\n\n{table}\n\n"
+            f"modeopt save / torch.save = {ratio:.2f} (target <= 1.2); with durable=True (fsync) "
+            f"{med['modeopt save durable'] / med['torch.save']:.2f}; modeopt restore / torch.load = "
+            f"{med['modeopt restore'] / med['torch.load']:.2f} (restore verifies the digest and the fit first)")
+
+
 def _child(spec: dict[str, Any]) -> None:
     """Run each operation ``runs + 1`` times (the first is a warm-up); print the measurements as JSON."""
     set_threads(spec["threads"])
@@ -204,12 +260,26 @@ def main(argv: list[str] | None = None) -> int:
     add_common_args(parser, runs=3)
     parser.add_argument("--models", default=",".join(_MODELS), help="comma-separated: " + ", ".join(_MODELS))
     parser.add_argument("--dir", default=None, help="where to write the files (default: a temporary folder)")
+    parser.add_argument("--ratio", action="store_true", help="only the interleaved save/restore vs torch table")
+    parser.add_argument("--ratio-runs", type=int, default=5, help="timed rounds of that table (default 5)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--ratio-child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
         _child(json.loads(args.child))
         return 0
+    if args.ratio_child:
+        _ratio_child(json.loads(args.ratio_child))
+        return 0
     set_threads(args.threads)
+    ratio_model, ratio_runs = ("mlp-tiny", 1) if args.quick else ("resnet50", args.ratio_runs)
+    if args.ratio:
+        print(machine_line(args.threads) + "\n")
+        with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
+            print(_ratio_table(ratio_model, tmp, ratio_runs, args.threads))
+        print(machine_line(args.threads).replace("machine:", "after:"))
+        print(reproduce_line("checkpoints.py", argv))
+        return 0
     models = ["mlp-tiny"] if args.quick else args.models.split(",")
     runs = 1 if args.quick else args.runs
     print(f"# Checkpoint save/restore (median of {runs} after 1 warm-up, each in its own process)\n")
@@ -238,11 +308,13 @@ def main(argv: list[str] | None = None) -> int:
                         fmt_bytes(max(m["peak_rss"], 0)), fmt_bytes(max(m["peak_anon"], 0)),
                     ])
                 os.remove(path)
+        ratio = _ratio_table(ratio_model, tmp, ratio_runs, args.threads)
     headers = ["model", "format", "operation", "wall s", "CPU s", "GiB/s", "file", "peak extra RSS",
                "peak extra anon"]
     print(markdown_table(headers, rows, align="lll" + "r" * 6))
     print("\nmodeopt restore = check the file's digest and the fit with the model, re-apply the modes, load "
           "tensor by tensor from a memory map (building the fresh model is not timed). GiB/s = file size / wall.")
+    print("\n" + ratio)
     print(machine_line(args.threads).replace("machine:", "after:"))
     print(reproduce_line("checkpoints.py", argv))
     return 0

@@ -26,6 +26,7 @@ from .conversion import (
 )
 from .distributed import DistributedError
 from .errors import (
+    ArgumentError,
     CheckpointError,
     ConfigError,
     ConstraintError,
@@ -55,6 +56,7 @@ from .state import unwrap_model
 from .statefile import read_state_file, write_state_file
 
 __all__ = [
+    "ArgumentError",
     "BaseSearcher",
     "CalibrationError",
     "CheckpointError",

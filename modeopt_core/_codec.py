@@ -273,5 +273,5 @@ def from_json(text: str, what: str = "state") -> Any:
     """
     try:
         return json.loads(text, parse_constant=_reject_constant)
-    except (json.JSONDecodeError, RecursionError) as exc:
-        raise CheckpointError(f"stored {what} is not valid JSON: {exc}") from None
+    except (ValueError, RecursionError) as exc:  # ValueError also covers integers over 4300 digits
+        raise CheckpointError(f"stored {what} is not valid JSON: {str(exc)[:200]}") from None

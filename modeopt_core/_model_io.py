@@ -48,6 +48,7 @@ class Layout:
     """What ``state_dict()`` of a model holds: tensor shapes and non-tensor (extra state) keys."""
 
     shapes: dict[str, tuple[int, ...]]
+    dtypes: dict[str, torch.dtype]
     extra_keys: frozenset[str]
     #: per-module loading sees exactly the state_dict keys (no state-dict hooks renaming keys)
     bounded: bool
@@ -57,9 +58,10 @@ def layout_of(model: nn.Module) -> Layout:
     """The state-dict layout of ``model`` (works on meta-device models)."""
     state_dict = model.state_dict()
     shapes = {k: tuple(v.shape) for k, v in state_dict.items() if isinstance(v, torch.Tensor)}
+    dtypes = {k: v.dtype for k, v in state_dict.items() if isinstance(v, torch.Tensor)}
     extra = frozenset(k for k, v in state_dict.items() if not isinstance(v, torch.Tensor))
     walked = {key for prefix, module in _walk(model) for key in _own_keys(module, prefix)}
-    return Layout(shapes, extra, walked == set(state_dict))
+    return Layout(shapes, dtypes, extra, walked == set(state_dict))
 
 
 def meta_shadow(model: nn.Module) -> nn.Module:
@@ -101,26 +103,28 @@ def load_weights(
     missing: list[str] = []
     unexpected: list[str] = []
     errors: list[str] = []
-    if not bounded:
-        _log.info("model renames keys in state-dict hooks; loading all tensors at once (2x weight memory)")
-        full = {k: value(k) for k in [*model.state_dict().keys()]}
-        result = model.load_state_dict(full, strict=True)
-        del full
-        missing, unexpected = list(result.missing_keys), list(result.unexpected_keys)
-    else:
-        with torch.no_grad():
-            for prefix, module in _walk(model):
-                local = {k: value(k) for k in _own_keys(module, prefix)}
-                meta = {"version": versions[prefix[:-1]]} if prefix[:-1] in versions else {}
-                module._load_from_state_dict(local, prefix, meta, True, missing, unexpected, errors)
-                del local
-        incompatible = _IncompatibleKeys(missing, unexpected)
-        for _, module in _walk(model):
-            for hook in module._load_state_dict_post_hooks.values():
-                hook(module, incompatible)
+    try:
+        if not bounded:
+            _log.info("model renames keys in state-dict hooks; loading all tensors at once (2x weight memory)")
+            full = {k: value(k) for k in [*model.state_dict().keys()]}
+            result = model.load_state_dict(full, strict=True)
+            del full
+            missing, unexpected = list(result.missing_keys), list(result.unexpected_keys)
+        else:
+            with torch.no_grad():
+                for prefix, module in _walk(model):
+                    local = {k: value(k) for k in _own_keys(module, prefix)}
+                    meta = {"version": versions[prefix[:-1]]} if prefix[:-1] in versions else {}
+                    module._load_from_state_dict(local, prefix, meta, True, missing, unexpected, errors)
+                    del local
+            incompatible = _IncompatibleKeys(missing, unexpected)
+            for _, module in _walk(model):
+                for hook in module._load_state_dict_post_hooks.values():
+                    hook(module, incompatible)
+    except Exception as exc:  # a module's own loading code (set_extra_state, load hooks) refused a value
+        errors.append(f"{type(exc).__name__}: {str(exc)[:300]}")
     if missing or unexpected or errors:
         raise CheckpointError(
-            "loading weights failed after validation (the model may be partly loaded; rebuild it): "
+            "loading weights failed after validation, in a module's own loading code: "
             f"missing {missing[:5]}, unexpected {unexpected[:5]}, errors {errors[:3]}"
         )
-

@@ -39,9 +39,11 @@ from typing import Any, ClassVar, final
 from torch import nn
 
 from . import distributed
+from ._args import require_module
+from ._search_state import check_state_schema, decode_rng_state, encode_rng_state
 from .calibration import ForwardLoop, make_forward_loop
 from .constraints import Constraints, ForwardProfiler, ModelProfiler
-from .errors import CheckpointError, ConfigError, ConstraintError, SearchError
+from .errors import CheckpointError, ConfigError, ConstraintError, ModeoptError, SearchError
 from .search_config import (
     check_bool,
     check_callable,
@@ -66,25 +68,6 @@ _RNG_KEY = "rng_state"
 _PER_RANK_KEYS = frozenset({"checkpoint", "verbose"})  # config keys that may differ between ranks (rank 0's count)
 
 logger = logging.getLogger(__name__)
-
-
-def _encode_rng_state(rng: random.Random) -> list[Any]:
-    version, internal, gauss_next = rng.getstate()
-    return [version, list(internal), gauss_next]
-
-
-def _decode_rng_state(data: Any) -> tuple[Any, ...]:
-    ok = (
-        isinstance(data, (list, tuple))
-        and len(data) == 3
-        and isinstance(data[0], int)
-        and isinstance(data[1], (list, tuple))
-        and all(isinstance(v, int) for v in data[1])
-        and (data[2] is None or isinstance(data[2], float))
-    )
-    if not ok:
-        raise CheckpointError("search checkpoint holds a malformed random-generator state")
-    return (data[0], tuple(data[1]), data[2])
 
 
 class BaseSearcher(ABC):
@@ -136,6 +119,22 @@ class BaseSearcher(ABC):
     def default_state_dict(self) -> dict[str, Any]:
         """Attribute name -> initial value of the checkpointed search state (values: JSON/tensor data)."""
         return {}
+
+    @property
+    def state_schema(self) -> dict[str, Any]:
+        """Attribute name -> type (a pydantic-checkable annotation) of the checkpointed state.
+
+        A resumed state is validated against it (strictly) before anything is assigned; subclasses
+        extend it with ``{**super().state_schema, ...}`` for every attribute they add.
+        """
+        return {}
+
+    def validate_state(self, state: Mapping[str, Any]) -> None:
+        """Checks of a loaded state beyond its schema (e.g. that configs name this space's choices).
+
+        Called by :meth:`load_state_dict` after the schema check and before anything is assigned;
+        raise :class:`~modeopt_core.errors.CheckpointError` (see ``_search_state.state_error``).
+        """
 
     def sanitize_search_config(self, config: Mapping[str, Any] | None) -> SearchConfig:
         """Merge ``config`` into the defaults and validate it; raise ConfigError on any bad key or value."""
@@ -208,7 +207,7 @@ class BaseSearcher(ABC):
     def state_dict(self) -> dict[str, Any]:
         """The checkpointed state: each ``default_state_dict`` attribute plus the RNG state."""
         state = {name: copy.deepcopy(getattr(self, name)) for name in self.default_state_dict}
-        state[_RNG_KEY] = _encode_rng_state(self.rng)
+        state[_RNG_KEY] = encode_rng_state(self.rng)
         return state
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -219,10 +218,12 @@ class BaseSearcher(ABC):
                 f"search checkpoint state does not fit {type(self).__name__}: missing "
                 f"{sorted(expected - set(state))}, unexpected {sorted(set(state) - expected)}"
             )
-        rng_state = _decode_rng_state(state[_RNG_KEY])
+        rng_state = decode_rng_state(state[_RNG_KEY])
+        check_state_schema(self.state_schema, state)
+        self.validate_state(state)
         try:
             self.rng.setstate(rng_state)
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, OverflowError) as exc:
             raise CheckpointError(f"search checkpoint holds an invalid random-generator state: {exc}") from exc
         for name in self.default_state_dict:
             setattr(self, name, copy.deepcopy(state[name]))
@@ -285,7 +286,12 @@ class BaseSearcher(ABC):
                 "with the same config, constraints and dummy input, or delete the file (or pass another "
                 "checkpoint path) to start afresh"
             )
-        self.load_state_dict(data["state"])
+        if not isinstance(data["state"], Mapping):
+            raise CheckpointError(f"{path} is not a modeopt search checkpoint (its state is not a dict)")
+        try:
+            self.load_state_dict(data["state"])
+        except CheckpointError as exc:
+            raise CheckpointError(f"{path}: {exc}") from None
         self.resumed = True
         logger.log(self.log_level, "resumed search from checkpoint %s", path)
         return True
@@ -321,6 +327,19 @@ class BaseSearcher(ABC):
             raise SearchError(f"score_func returned {score!r}; it must return a finite number")
         return float(score)
 
+    def _profile_dummy_input(self) -> ModelProfiler | None:
+        """:meth:`make_profiler`, with a forward pass that fails on ``dummy_input`` reported as such."""
+        try:
+            return self.make_profiler()
+        except ModeoptError:
+            raise
+        except Exception as exc:
+            raise SearchError(
+                f"running the model on dummy_input ({str(describe_value(self.dummy_input))[:120]}) failed: "
+                f"{type(exc).__name__}: {str(exc)[:500]}. Pass a dummy_input the model accepts: one input batch "
+                "of the right shape (e.g. torch.zeros(1, 3, 224, 224) for an ImageNet model)"
+            ) from exc
+
     # ----------------------------------------------------------------- entry point
     @final
     def search(
@@ -336,9 +355,7 @@ class BaseSearcher(ABC):
         errors are raised before the model is touched. A DP/DDP wrapper is unwrapped: the search
         runs on (and changes) the wrapped module.
         """
-        if not isinstance(model, nn.Module):
-            raise SearchError(f"search needs a torch.nn.Module, got {type(model).__name__}")
-        model = unwrap_model(model)
+        model = unwrap_model(require_module(model, "search"))
         parsed = Constraints.parse(constraints)
         self.config = self.sanitize_search_config(config)
         if distributed.is_distributed():  # every rank draws the same candidates
@@ -355,7 +372,7 @@ class BaseSearcher(ABC):
             )
         else:
             self.forward_loop = None
-        self.profiler = self.make_profiler()
+        self.profiler = self._profile_dummy_input()
         if self.constraints and self.profiler is None:
             raise ConstraintError(
                 f"constraints {self.constraints.to_dict()} need a dummy_input to count flops/params; pass one"

@@ -1,42 +1,45 @@
 """Model checkpoints: weights plus the applied modes in one safetensors file; no pickle, no code on load.
 
 ``save(model, path)`` writes the model's ``state_dict`` tensors, the tensors held in the modes'
-metadata, and the mode state as JSON in the header, atomically. ``restore(model, path)`` checks the
-whole file and the fit with ``model`` before it touches ``model``, then re-applies the modes and
-loads the weights tensor by tensor from a memory map. See ``docs/checkpoint-format.md``.
+metadata, and the mode state as JSON in the header, atomically and in one sequential pass.
+``restore(model, path)`` reads one open file (header, digest and tensors from one memory map, so a
+concurrent save cannot mix two files into one restore), checks the whole file and its fit with
+``model`` before it touches ``model``, then re-applies the modes and loads the weights tensor by
+tensor. See ``docs/checkpoint-format.md``.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
-from . import distributed
-from ._codec import RESERVED_PREFIX, decode, encode, from_json, to_json
-from ._container import (
-    VERSION_KEY,
-    Header,
-    TensorReader,
-    check_format,
-    parse_aliases,
-    prepare_tensors,
-    read_header,
-    verify_digest,
-    write_container,
+from ._args import require_module, require_path
+from ._ckpt_reading import (
+    EXTRA_PREFIX,
+    STATE_PREFIX,
+    Checkpoint,
+    decode_state,
+    mismatch,
+    mode_names,
+    read_checkpoint,
+    validate_state,
 )
-from ._model_io import Layout, layout_of, load_weights, meta_shadow, model_tensors
+from ._codec import RESERVED_PREFIX, encode, to_json
+from ._container import VERSION_KEY, check_format, prepare_tensors
+from ._model_io import layout_of, load_weights, meta_shadow, model_tensors
+from ._rank0_write import write_on_main
+from ._reader import ContainerFile
 from ._rollback import ModuleSnapshot
-from .conversion import applied_modes, modeopt_state, restore_from_modeopt_state, validate_modeopt_state
-from .errors import CheckpointError, ConvertError, ModeNotFoundError, ModeoptError
-from .registry import get_mode, list_modes, mode_provider
-from .state import unwrap_model
+from ._writer import write_container
+from .conversion import applied_modes, modeopt_state, restore_from_modeopt_state
+from .errors import ArgumentError, CheckpointError, ConvertError, ModeNotFoundError, ModeoptError
+from .registry import get_mode, mode_provider
+from .state import _set_state, unwrap_model
 
 __all__ = ["FORMAT_NAME", "FORMAT_VERSION", "CheckpointInfo", "inspect_checkpoint", "restore", "save"]
 
@@ -44,13 +47,11 @@ _log = logging.getLogger(__name__)
 
 FORMAT_NAME = "modeopt"
 FORMAT_VERSION = 1
-_STATE_PREFIX = RESERVED_PREFIX + "state/"
-_EXTRA_PREFIX = RESERVED_PREFIX + "extra/"
 _FOREIGN_HINT = (
     "modeopt restore() reads files written by modeopt save(); for plain safetensors weights use "
     "safetensors.torch.load_file() and model.load_state_dict()"
 )
-_SHOW = 5  # names listed per category in mismatch reports
+_SHOW = 5
 
 
 def _class_name(model: nn.Module) -> str:
@@ -64,23 +65,33 @@ def _provider(name: str) -> tuple[str, str]:
         return ("<unknown>", "")
 
 
-def save(model: nn.Module, path: str | os.PathLike[str]) -> None:
+def save(model: nn.Module, path: str | os.PathLike[str], *, durable: bool = False) -> None:
     """Save weights and applied modes of ``model`` to ``path`` atomically (DP/DDP wrappers are unwrapped).
 
-    Under ``torch.distributed`` with several processes this is a collective: call it on every rank;
-    rank 0 writes the file and every rank returns once it is complete, so any rank may ``restore`` it
-    next (calling it on rank 0 alone would leave rank 0 waiting for the others).
+    Readers of ``path`` see the previous file or the complete new one, also if this process is
+    killed mid-save. ``durable=True`` also flushes the file to the disk before returning (``fsync``),
+    so that it survives a power loss or kernel crash on any file system; by default the flush is
+    left to the kernel, as ``torch.save`` does.
+
+    Under ``torch.distributed``, rank 0 writes and never waits for the other ranks, so
+    ``if rank == 0: save(...)`` works; a call on another rank writes nothing and returns once rank 0's
+    matching save of the same path is complete (see ``docs/distributed.md``).
 
     Raises:
+        ArgumentError: ``model`` is not a module or ``path`` not a path.
         CheckpointError: the state holds values that cannot be stored (the message says where), or
             the file cannot be written; an existing ``path`` is then left as it was. Other ranks then
             raise :class:`~modeopt_core.distributed.DistributedError` naming rank 0's error.
     """
+    require_module(model, "save")
+    text = require_path(path, "save")
+    if not isinstance(durable, bool):
+        raise ArgumentError(f"save() argument 'durable' must be True or False, got {durable!r}")
     model = unwrap_model(model)
-    distributed.run_on_main(lambda: _write(model, path))
+    write_on_main(text, lambda: _write(model, text, durable))
 
 
-def _write(model: nn.Module, path: str | os.PathLike[str]) -> None:
+def _write(model: nn.Module, path: str, durable: bool) -> None:
     from . import __version__
 
     state = modeopt_state(model)
@@ -89,8 +100,8 @@ def _write(model: nn.Module, path: str | os.PathLike[str]) -> None:
     reserved = [k for k in [*weights, *extra] if k.startswith(RESERVED_PREFIX)]
     if reserved:
         raise CheckpointError(f"state_dict keys {reserved[:_SHOW]} use the reserved prefix {RESERVED_PREFIX!r}; rename them")
-    state_tree, state_tensors = encode(state, prefix=_STATE_PREFIX)
-    extra_tree, extra_tensors = encode(extra, prefix=_EXTRA_PREFIX)
+    state_tree, state_tensors = encode(state, prefix=STATE_PREFIX)
+    extra_tree, extra_tensors = encode(extra, prefix=EXTRA_PREFIX)
     stored, aliases = prepare_tensors({**weights, **state_tensors, **extra_tensors})
     metadata = {
         "format": FORMAT_NAME,
@@ -103,154 +114,63 @@ def _write(model: nn.Module, path: str | os.PathLike[str]) -> None:
         "extra_state": to_json(extra_tree),
         "module_versions": to_json(versions),
     }
-    write_container(path, stored, metadata)
+    write_container(path, stored, metadata, durable=durable)
     _log.info("saved %s: %d tensors (%d aliases), modes %s", path, len(stored), len(aliases), applied_modes(model))
-
-
-@dataclass(frozen=True)
-class _Checkpoint:
-    header: Header
-    state_tree: Any
-    extra_tree: Any
-    providers: dict[str, tuple[str, str]]
-    aliases: dict[str, str]
-    versions: dict[str, int]
-
-    def shape_of(self, name: str) -> tuple[int, ...]:
-        return self.header.tensors[self.aliases.get(name, name)].shape
-
-    def weight_names(self) -> set[str]:
-        names = set(self.header.tensors) | set(self.aliases)
-        return {n for n in names if not n.startswith(RESERVED_PREFIX)}
-
-
-def _field(header: Header, key: str, default: str | None = None) -> Any:
-    text = header.metadata.get(key, default)
-    if text is None:
-        raise CheckpointError(f"{header.path}: header lacks {key!r}; the file is damaged or not a modeopt checkpoint")
-    return from_json(text, key)
-
-
-def _read(path: str | os.PathLike[str], *, verify: bool = True) -> _Checkpoint:
-    header = read_header(path)
-    check_format(header, FORMAT_NAME, FORMAT_VERSION, hint=_FOREIGN_HINT)
-    if verify:
-        verify_digest(header)
-    providers = _field(header, "mode_provider", "{}")
-    if not isinstance(providers, dict) or not all(
-        isinstance(v, list) and len(v) == 2 and all(isinstance(s, str) for s in v) for v in providers.values()
-    ):
-        raise CheckpointError(f"{header.path}: malformed 'mode_provider' table")
-    versions = _field(header, "module_versions", "{}")
-    if not isinstance(versions, dict) or not all(type(v) is int for v in versions.values()):
-        raise CheckpointError(f"{header.path}: malformed 'module_versions' table")
-    return _Checkpoint(
-        header=header,
-        state_tree=_field(header, "state"),
-        extra_tree=_field(header, "extra_state", "{}"),
-        providers={k: (v[0], v[1]) for k, v in providers.items()},
-        aliases=parse_aliases(header, header.metadata.get("aliases", "{}")),
-        versions=versions,
-    )
-
-
-def _decode_state(ckpt: _Checkpoint, load: Callable[[str], torch.Tensor]) -> tuple[dict[str, Any], dict[str, Any]]:
-    path = ckpt.header.path
-    state = decode(ckpt.state_tree, load, prefix=_STATE_PREFIX)
-    extra = decode(ckpt.extra_tree, load, prefix=_EXTRA_PREFIX)
-    if not isinstance(state, dict) or not isinstance(state.get("modes"), list):
-        raise CheckpointError(f"{path}: stored state is not a modeopt state (expected a dict with a 'modes' list)")
-    if not isinstance(extra, dict):
-        raise CheckpointError(f"{path}: stored extra state is not a dict")
-    return state, extra
-
-
-def _mode_names(state: dict[str, Any]) -> list[str]:
-    return [e["name"] for e in state["modes"] if isinstance(e, dict) and isinstance(e.get("name"), str)]
-
-
-def _validate_state(ckpt: _Checkpoint, state: dict[str, Any]) -> None:
-    path = ckpt.header.path
-    try:
-        validate_modeopt_state(state)
-    except ModeNotFoundError as exc:
-        known = set(list_modes())
-        lines = []
-        for name in dict.fromkeys(n for n in _mode_names(state) if n not in known):
-            dist, version = ckpt.providers.get(name, ("<unknown>", ""))
-            if dist == "<unregistered>":
-                lines.append(f"mode {name!r} was registered explicitly (not from an installed plugin) when saved: "
-                             "register the same mode before restoring")
-            else:
-                pin = f"=={version}" if version else ""
-                lines.append(f"mode {name!r} was provided by {dist} {version} when saved: install it "
-                             f"(pip install '{dist}{pin}') or enable that plugin")
-        raise CheckpointError(f"{path}: the checkpoint needs modes that are not available; " + "; ".join(lines)) from exc
-    except ModeoptError as exc:
-        raise CheckpointError(f"{path}: the recorded modes cannot be restored: {exc}") from exc
-    for name in _mode_names(state):
-        saved, now = ckpt.providers.get(name), mode_provider(name)
-        if saved is not None and tuple(saved) != tuple(now):
-            _log.warning("mode %r was saved with %s %s and is now provided by %s %s", name, *saved, *now)
-
-
-def _mismatch(ckpt: _Checkpoint, layout: Layout, extra: dict[str, Any], model: nn.Module, modes: list[str]) -> str | None:
-    expected = set(layout.shapes) | set(layout.extra_keys)
-    in_file = ckpt.weight_names() | set(extra)
-    missing = sorted(expected - in_file)
-    unexpected = sorted(in_file - expected)
-    shapes = sorted(
-        f"{n}: file {ckpt.shape_of(n)} vs model {layout.shapes[n]}"
-        for n in layout.shapes.keys() & ckpt.weight_names()
-        if ckpt.shape_of(n) != layout.shapes[n]
-    )
-    if not (missing or unexpected or shapes):
-        return None
-    saved_class = ckpt.header.metadata.get("model_class", "?")
-    lines = [
-        f"{ckpt.header.path}: the checkpoint does not fit this model (saved from {saved_class} with modes {modes}; "
-        f"restoring into {_class_name(model)}):"
-    ]
-    for label, items in (("missing in the file", missing), ("unexpected in the file", unexpected), ("shape mismatch", shapes)):
-        if items:
-            more = f", ... ({len(items) - _SHOW} more)" if len(items) > _SHOW else ""
-            lines.append(f"  {label} ({len(items)}): {', '.join(items[:_SHOW])}{more}")
-    lines.append("Build the model exactly as it was before its modes were applied at save time (same class and "
-                 "constructor arguments) and call restore() on that fresh model; the model was not changed.")
-    return "\n".join(lines)
 
 
 def restore(model: nn.Module, path: str | os.PathLike[str]) -> nn.Module:
     """Restore modes and weights from ``path`` onto a freshly built ``model``; return the restored model.
 
-    Everything is validated first (file integrity, format version, every mode available, configs and
-    chain valid, tensor names and shapes equal to what the model has once its modes are restored);
-    on any problem a :class:`CheckpointError` is raised and ``model`` is unchanged.
+    Everything is validated first (file integrity, format version, every header table, every mode
+    available, configs and chain valid, tensor names, kinds and shapes equal to what the model has
+    once its modes are restored); on any problem a :class:`CheckpointError` is raised and ``model``
+    is unchanged. The whole restore reads one open file: a save replacing ``path`` meanwhile is
+    either not seen at all or seen complete.
+
+    Raises:
+        ArgumentError: ``model`` is not a module or ``path`` not a path.
+        CheckpointError: the file is missing, damaged, foreign, or does not fit ``model``.
     """
+    require_module(model, "restore")
+    text = require_path(path, "restore")
     model = unwrap_model(model)
-    ckpt = _read(path)
-    path = ckpt.header.path
-    if applied_modes(model):
-        raise CheckpointError(
-            f"{path}: restore() needs a freshly built model, but this one already has modes {applied_modes(model)}"
-        )
-    with TensorReader(ckpt.header, ckpt.aliases) as fetch:
-        state, extra = _decode_state(ckpt, fetch)
-        _validate_state(ckpt, state)
-        modes = _mode_names(state)
+    with ContainerFile(text) as f:
+        check_format(f.header, FORMAT_NAME, FORMAT_VERSION, hint=_FOREIGN_HINT)
+        ckpt = read_checkpoint(f)
+        if applied_modes(model):
+            raise CheckpointError(
+                f"{ckpt.path}: restore() needs a freshly built model, but this one already has modes "
+                f"{applied_modes(model)}"
+            )
+        state, extra = decode_state(ckpt, f.reader(ckpt.aliases, own=True))
+        validate_state(ckpt, state)
+        modes = mode_names(state)
+        snapshot = ModuleSnapshot(model)
         target = _restore_modes(model, state, ckpt, extra, modes)
-        layout = layout_of(target)
-        load_weights(target, fetch, extra, ckpt.versions, bounded=layout.bounded)
-    _log.info("restored %s: modes %s, %d tensors", path, modes, len(layout.shapes))
+        try:
+            layout = layout_of(target)
+            load_weights(target, f.reader(ckpt.aliases), extra, ckpt.versions, bounded=layout.bounded)
+            f.check_unchanged()
+        except BaseException as exc:
+            snapshot.restore()
+            _set_state(model, None)
+            if isinstance(exc, CheckpointError):
+                text = str(exc) if str(exc).startswith(ckpt.path) else f"{ckpt.path}: {exc}"
+                raise CheckpointError(
+                    f"{text}. The model's modes and structure were rolled back, but tensors already copied keep "
+                    "the file's values: build the model afresh before using it"
+                ) from exc
+            raise
+    _log.info("restored %s: modes %s, %d tensors", ckpt.path, modes, len(layout.shapes))
     return target
 
 
-def _restore_modes(model: nn.Module, state: dict[str, Any], ckpt: _Checkpoint, extra: dict[str, Any],
+def _restore_modes(model: nn.Module, state: dict[str, Any], ckpt: Checkpoint, extra: dict[str, Any],
                    modes: list[str]) -> nn.Module:
     """Check the fit on a data-less shadow, then re-apply the modes on ``model`` itself."""
-    path = ckpt.header.path
+    path = ckpt.path
     if not modes:
-        problem = _mismatch(ckpt, layout_of(model), extra, model, modes)
+        problem = mismatch(ckpt, layout_of(model), extra, model, modes)
         if problem:
             raise CheckpointError(problem)
         return model
@@ -273,7 +193,7 @@ def _restore_modes(model: nn.Module, state: dict[str, Any], ckpt: _Checkpoint, e
         _log.info("cannot build a data-less copy of the model (%s); checking the fit on the model itself", exc)
         shadow = None
     if shadow is not None:
-        problem = _mismatch(ckpt, layout_of(shadow), extra, model, modes)
+        problem = mismatch(ckpt, layout_of(shadow), extra, model, modes)
         del shadow
         if problem:
             raise CheckpointError(problem)
@@ -285,9 +205,10 @@ def _restore_modes(model: nn.Module, state: dict[str, Any], ckpt: _Checkpoint, e
     except ModeoptError as exc:  # restore_from_modeopt_state has already rolled the model back
         raise CheckpointError(f"{path}: restoring the recorded modes failed: {exc}") from exc
     if snapshot is not None:
-        problem = _mismatch(ckpt, layout_of(target), extra, model, modes)
+        problem = mismatch(ckpt, layout_of(target), extra, model, modes)
         if problem:
             snapshot.restore()
+            _set_state(model, None)
             raise CheckpointError(problem)
     return target
 
@@ -320,34 +241,43 @@ class CheckpointInfo:
         return out
 
 
+def _informative(value: str | None, limit: int = 200) -> str | None:
+    return value if value is None or len(value) <= limit else value[: limit - 3] + "..."
+
+
 def inspect_checkpoint(path: str | os.PathLike[str]) -> CheckpointInfo:
     """Describe the checkpoint at ``path`` without loading weights or needing its modes' plugins.
 
     Damage is reported in ``intact``/``diagnosis`` rather than raised.
 
     Raises:
+        ArgumentError: ``path`` is not a path.
         CheckpointError: only if ``path`` does not exist or is not a file.
     """
-    p = Path(path)
+    p = Path(require_path(path, "inspect_checkpoint"))
     if not p.is_file():
         raise CheckpointError(f"{p}: no such file")
     base: dict[str, Any] = {"path": str(p), "file_bytes": p.stat().st_size}
     try:
-        header = read_header(p)
-        base["format_version"] = check_format(header, FORMAT_NAME, FORMAT_VERSION, hint=_FOREIGN_HINT)
-        base.update(
-            library_version=header.metadata.get("library_version"),
-            model_class=header.metadata.get("model_class"),
-            num_tensors=len(header.tensors),
-            tensor_bytes=header.data_bytes,
-        )
-        ckpt = _read(p, verify=False)
-        base.update(num_aliases=len(ckpt.aliases), plugin_versions=dict(ckpt.providers))
-
-        with TensorReader(header, ckpt.aliases) as reader:
-            state, _ = _decode_state(ckpt, reader)
-        base["modes"] = [(e.get("name", "?"), e.get("config") or {}) for e in state["modes"] if isinstance(e, dict)]
-        verify_digest(header)
+        with ContainerFile(p) as f:
+            header = f.header
+            base["file_bytes"] = header.file_size
+            base["format_version"] = check_format(header, FORMAT_NAME, FORMAT_VERSION, hint=_FOREIGN_HINT)
+            base.update(
+                library_version=_informative(header.metadata.get("library_version")),
+                model_class=_informative(header.metadata.get("model_class")),
+                num_tensors=len(header.tensors),
+                tensor_bytes=header.data_bytes,
+            )
+            ckpt = read_checkpoint(f, verify=False)
+            base.update(num_aliases=len(ckpt.aliases), plugin_versions=dict(ckpt.providers))
+            state, _ = decode_state(ckpt, f.reader(ckpt.aliases, own=True))
+            base["modes"] = [(e["name"], e.get("config") or {}) for e in state["modes"]]
+            f.verify_digest()
     except CheckpointError as exc:
         return CheckpointInfo(intact=False, diagnosis=str(exc).replace("\n", " "), **base)
+    except Exception as exc:  # inspect reports damage, it never raises on a file's content
+        _log.debug("unexpected error inspecting %s", p, exc_info=True)
+        return CheckpointInfo(intact=False, diagnosis=f"{p}: unreadable ({type(exc).__name__}: {str(exc)[:200]}); "
+                                                      "this is a modeopt bug, please report it", **base)
     return CheckpointInfo(intact=True, **base)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import fnmatch
 from collections.abc import Mapping
 from typing import Annotated, Any, ClassVar, TypeVar
@@ -20,6 +21,19 @@ class ModeConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
 
+    def __setattr__(self, name: str, value: Any) -> None:
+        """Assignments are validated like construction; a bad value is a ConfigError naming the field."""
+        if name.startswith("_"):
+            super().__setattr__(name, value)
+            return
+        try:
+            super().__setattr__(name, value)
+        except ValidationError as err:
+            raise ConfigError(_format_validation_error(type(self), err)) from None
+        except ValueError as err:  # pydantic: an attribute that is no field
+            raise ConfigError(f"invalid {type(self).__name__}: {_unknown_key(name, _accepted(type(self)))} "
+                              f"({err})") from None
+
     def dump(self) -> dict[str, Any]:
         """The JSON-able form recorded in the model's state (keys are aliases)."""
         return self.model_dump(mode="json", by_alias=True)
@@ -30,16 +44,41 @@ class ModeConfig(BaseModel):
         return cls.model_json_schema(by_alias=True)
 
 
+def _accepted(cls: type[BaseModel]) -> list[str]:
+    return sorted(f.alias or name for name, f in cls.model_fields.items())
+
+
+def _unknown_key(key: object, accepted: list[str]) -> str:
+    close = difflib.get_close_matches(str(key), accepted, n=1, cutoff=0.6)
+    hint = f", did you mean {close[0]!r}?" if close else ";"
+    return f"unknown key {str(key)[:80]!r}{hint} accepted keys are {accepted}"
+
+
+def _accepted_at(cls: type[BaseModel], loc: tuple[Any, ...]) -> tuple[list[str], str]:
+    """The keys accepted where an unknown key was found, and what holds them (for the message)."""
+    rules = getattr(cls, "rule_classes", {})
+    if len(loc) == 3 and loc[0] in rules:  # (alias, glob pattern, key): a key of one rule
+        return sorted(rules[loc[0]].model_fields), f" of a {loc[0]} rule"
+    return _accepted(cls), ""
+
+
 def _format_validation_error(cls: type[BaseModel], err: ValidationError) -> str:
     lines = []
     for item in err.errors():
-        path = ".".join(str(p) for p in item["loc"]) or "<config>"
+        loc = tuple(item["loc"])
+        field = cls.model_fields.get(str(loc[0])) if loc else None
+        if field is not None and field.alias:  # assignments report field names: show the key the user writes
+            loc = (field.alias, *loc[1:])
+        path = ".".join(str(p) for p in loc) or "<config>"
         msg = item["msg"]
-        if item["type"] == "extra_forbidden":
-            accepted = sorted(f.alias or name for name, f in cls.model_fields.items())
-            msg = f"unknown key; accepted keys are {accepted}"
+        if item["type"] in ("extra_forbidden", "no_such_attribute"):
+            accepted, owner = _accepted_at(cls, loc)
+            msg = _unknown_key(loc[-1], accepted).replace("accepted keys are", f"accepted keys{owner} are")
+        elif item["type"] == "value_error":
+            msg = msg.removeprefix("Value error, ")
         else:
-            msg = f"{msg} (got {item.get('input')!r})"
+            got = repr(item.get("input"))
+            msg = f"{msg} (got {got[:120] + '...' if len(got) > 120 else got})"
         lines.append(f"  {path}: {msg}")
     return f"invalid {cls.__name__}:\n" + "\n".join(lines)
 
@@ -135,8 +174,14 @@ def _wrapper_for(rule_cls: type[BaseModel]) -> Any:
         if isinstance(value, Mapping):
             if not value:
                 return {"*": {}}
-            if all(isinstance(k, str) and k in rule_cls.model_fields for k in value):
+            fields = sorted(rule_cls.model_fields)
+            if all(isinstance(k, str) and k in fields for k in value):
                 return {"*": dict(value)}
+            if not all(v is None or isinstance(v, (Mapping, BaseModel)) for v in value.values()):
+                # not a glob map (whose values are rules): a rule with a misspelled or unknown key
+                unknown = [k for k in value if not (isinstance(k, str) and k in fields)]
+                raise ValueError(_unknown_key(unknown[0], fields).replace("accepted keys are", "accepted keys of "
+                                 "this rule are") + " (or, for glob overrides, map module-name patterns to rules)")
             return dict(value)
         return value  # pydantic reports the type error with the field path
 

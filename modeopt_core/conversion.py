@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
-from collections.abc import Mapping, Sequence
+import difflib
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Union
 
 from torch import nn
 
 from . import plugins
+from ._args import describe, require_module
 from ._rollback import ModuleSnapshot
 from .config import ModeConfig, validate_config
 from .errors import ConfigError, ConvertError, ModeoptError, SearchError, StateError
@@ -23,6 +26,7 @@ __all__ = [
     "export",
     "modeopt_state",
     "restore_from_modeopt_state",
+    "rollback_on_error",
     "search",
     "validate_modeopt_state",
 ]
@@ -77,9 +81,52 @@ def _normalize(mode: ModeLike) -> list[tuple[ModeDescriptor, ModeConfig]]:
     return out
 
 
+def _unknown_keys(keys: list[str], accepted: set[str]) -> str:
+    hints = [f"{k!r} (did you mean {close[0]!r}?)" if (close := difflib.get_close_matches(k, sorted(accepted), n=1))
+             else repr(k) for k in keys]
+    return ", ".join(hints)
+
+
+def _mode_kwargs(modes: list[tuple[ModeDescriptor, ModeConfig]], mode_kwargs: Any) -> list[dict[str, Any]]:
+    """One kwargs dict per mode; keys no mode accepts are a ConfigError (naming them), not silently ignored."""
+    if mode_kwargs is None:
+        return [{} for _ in modes]
+    if isinstance(mode_kwargs, Mapping):
+        per_mode = [dict(mode_kwargs) for _ in modes]
+        shared = True
+    elif isinstance(mode_kwargs, Sequence) and not isinstance(mode_kwargs, (str, bytes)):
+        if len(mode_kwargs) != len(modes):
+            raise ConfigError(f"got {len(mode_kwargs)} mode_kwargs dicts for {len(modes)} modes")
+        if not all(isinstance(k, Mapping) for k in mode_kwargs):
+            raise ConfigError("mode_kwargs must be a dict, or a list of one dict per mode")
+        per_mode, shared = [dict(k) for k in mode_kwargs], False
+    else:
+        raise ConfigError(f"mode_kwargs must be a dict (or one dict per mode), got {describe(mode_kwargs)}")
+    for kwargs in per_mode:
+        bad = [k for k in kwargs if not isinstance(k, str)]
+        if bad:
+            raise ConfigError(f"mode_kwargs keys must be str (keyword arguments of the modes' convert), got {bad[:5]}")
+    accepted = [desc.accepted_mode_kwargs for desc, _ in modes]
+    if shared:  # one dict for all modes: every key must be for at least one of them
+        if all(a is not None for a in accepted):
+            union = set().union(*(a for a in accepted if a is not None))
+            unknown = [k for k in per_mode[0] if k not in union]
+            if unknown:
+                names = [d.name for d, _ in modes]
+                raise ConfigError(f"mode_kwargs key(s) {_unknown_keys(unknown, union)} are accepted by none of the "
+                                  f"modes {names} (accepted: {sorted(union)}); remove them")
+    else:
+        for (desc, _), kwargs, ok in zip(modes, per_mode, accepted):
+            unknown = [k for k in kwargs if ok is not None and k not in ok]
+            if unknown and ok is not None:
+                raise ConfigError(f"mode {desc.name!r} does not accept mode_kwargs {_unknown_keys(unknown, set(ok))} "
+                                  f"(accepted: {sorted(ok)}); remove them")
+    return per_mode
+
+
 def applied_modes(model: nn.Module) -> list[str]:
     """Names of the modes applied to ``model``, in order."""
-    state = get_state(unwrap_model(model))
+    state = get_state(unwrap_model(require_module(model, "applied_modes")))
     return state.names() if state else []
 
 
@@ -99,17 +146,11 @@ def apply_mode(
     recorded state are rolled back and a ``ConvertError`` is raised. DP/DDP wrappers are unwrapped
     (wrap the returned model again).
     """
-    model = unwrap_model(model)
+    model = unwrap_model(require_module(model, "apply_mode"))
     modes = _normalize(mode)
     if not modes:
         return model
-    if isinstance(mode_kwargs, Sequence) and not isinstance(mode_kwargs, Mapping):
-        if len(mode_kwargs) != len(modes):
-            raise ConfigError(f"got {len(mode_kwargs)} mode_kwargs dicts for {len(modes)} modes")
-        kwargs_list = [dict(k) for k in mode_kwargs]
-    else:
-        shared: Mapping[str, Any] = mode_kwargs or {}
-        kwargs_list = [dict(shared) for _ in modes]
+    kwargs_list = _mode_kwargs(modes, mode_kwargs)
 
     state = get_state(model)
     applied = [r.mode for r in state] if state else []
@@ -164,9 +205,29 @@ def _compact_closed(records: list[ModeRecord], export_mode: ModeDescriptor, meta
         records[index] = ModeRecord(records[index].mode, records[index].config, dict(compacted))
 
 
+@contextlib.contextmanager
+def rollback_on_error(model: nn.Module) -> Iterator[None]:
+    """Run a block that converts ``model`` (``apply_mode``, then e.g. a search); on any error put back
+    its classes, attributes, submodules and recorded modes as they were before the block.
+
+    Tensor values are not saved (that would double the memory): modes never edit them in place, and
+    searchers restore what they change themselves (FastNAS's channel sort, BatchNorm statistics).
+    """
+    model = unwrap_model(model)
+    snapshot = ModuleSnapshot(model)
+    state = get_state(model)
+    old_state = copy.deepcopy(state) if state is not None else None
+    try:
+        yield
+    except BaseException:
+        snapshot.restore()
+        _set_state(model, old_state)
+        raise
+
+
 def export(model: nn.Module) -> nn.Module:
     """Apply the export mode that the most recent un-exported mode is waiting for."""
-    model = unwrap_model(model)
+    model = unwrap_model(require_module(model, "export"))
     state = get_state(model)
     stack = export_stack([r.mode for r in state]) if state else []
     if not stack:
@@ -229,7 +290,7 @@ def restore_from_modeopt_state(model: nn.Module, state: Mapping[str, Any], *, dr
         dry_run: tells the ``modeopt_restore`` hooks that this is the validation pass on a data-less
             (``meta``-device) copy made by ``modeopt_core.restore`` (see the hook's docs).
     """
-    model = unwrap_model(model)
+    model = unwrap_model(require_module(model, "restore_from_modeopt_state"))
     entries = validate_modeopt_state(state)
     if get_state(model):
         raise StateError(
@@ -268,7 +329,7 @@ def search(
     config: Mapping[str, Any] | None = None,
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Run the search algorithm of the last applied mode that has one; return ``(model, results)``."""
-    model = unwrap_model(model)
+    model = unwrap_model(require_module(model, "search"))
     state = get_state(model)
     for rec in reversed(state.records if state else []):
         try:

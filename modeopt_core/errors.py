@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 __all__ = [
+    "ArgumentError",
     "CheckpointError",
     "ConfigError",
     "ConstraintError",
@@ -19,6 +20,10 @@ __all__ = [
 
 class ModeoptError(Exception):
     """Root of every error raised deliberately by modeopt and its plugins."""
+
+
+class ArgumentError(ModeoptError, TypeError):
+    """A function got an argument of the wrong type; the message names the argument and what to pass."""
 
 
 class ModeNotFoundError(ModeoptError, KeyError):

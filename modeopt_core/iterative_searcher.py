@@ -37,6 +37,7 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from . import distributed
+from ._search_state import CandidateRecord, NonNegativeInt, SubnetConfig, state_error
 from .base_searcher import BaseSearcher, SearchConfig
 from .constraints import ConstraintResult
 from .errors import ConfigError
@@ -97,6 +98,30 @@ class IterativeSearcher(BaseSearcher):
             "stopped_early": False,
             "original_config": None,
         }
+
+    @property
+    def state_schema(self) -> dict[str, Any]:
+        """Adds the types of ``iter_num``, ``history``, ``best``, ``stopped_early`` and ``original_config``."""
+        return {
+            **super().state_schema,
+            "iter_num": NonNegativeInt,
+            "history": list[CandidateRecord],
+            "best": CandidateRecord | None,
+            "stopped_early": bool,
+            "original_config": SubnetConfig | None,
+        }
+
+    def validate_state(self, state: Mapping[str, Any]) -> None:
+        """Also: one history record per iteration, and a score for every satisfied record."""
+        super().validate_state(state)
+        if len(state["history"]) != state["iter_num"]:
+            raise state_error("iter_num", f"{state['iter_num']} iterations but {len(state['history'])} history records")
+        for i, record in enumerate([*state["history"], *([state["best"]] if state["best"] is not None else [])]):
+            if record["satisfied"] and record["score"] is None:
+                raise state_error(f"history[{i}]" if i < len(state["history"]) else "best",
+                                  "a satisfied candidate without a score")
+        if state["best"] is not None and not state["best"]["satisfied"]:
+            raise state_error("best", "the best candidate does not satisfy the constraints")
 
     def sanitize_search_config(self, config: Mapping[str, Any] | None) -> SearchConfig:
         """Also checks ``num_iters`` and that a ``score_func`` is given when required."""

@@ -62,6 +62,11 @@ class ModeDescriptor(ABC):
         raise SearchError(f"mode {self.name!r} has no search algorithm; apply a searchable mode first")
 
     @property
+    def accepted_mode_kwargs(self) -> frozenset[str] | None:
+        """Keys ``convert`` accepts in ``mode_kwargs`` (None: any; ``apply_mode`` rejects others)."""
+        return None
+
+    @property
     def save_mode_in_state(self) -> bool:
         """Whether the mode is recorded in saved state (False: it must be re-applied by hand)."""
         return True

@@ -15,14 +15,20 @@ core's other submodules are private. See ``docs/writing-a-plugin.md``.
   :func:`default_collect_func` (with :func:`modeopt_core.make_forward_loop` and
   :func:`modeopt_core.recalibrate_batchnorm`).
 - Progress: :func:`progress` (a tqdm bar on a terminal, log lines elsewhere, nothing when disabled).
-- Searcher types: :data:`SearchConfig` and :data:`SEARCH_CHECKPOINT_KIND`.
+- Searcher types: :data:`SearchConfig` and :data:`SEARCH_CHECKPOINT_KIND`; the pieces of a searcher's
+  checkpointed-state schema (:attr:`~modeopt_core.BaseSearcher.state_schema`): :class:`CandidateRecord`,
+  :data:`SubnetConfig`, :data:`FiniteFloat`, :data:`NonNegativeInt`, :func:`state_error`.
+- Failure safety: :func:`rollback_on_error` (a block that converts and searches a model leaves it as
+  it found it when it raises).
 """
 
 from __future__ import annotations
 
+from ._search_state import CandidateRecord, FiniteFloat, NonNegativeInt, SubnetConfig, state_error
 from .base_searcher import SEARCH_CHECKPOINT_KIND, SearchConfig
 from .calibration import DEFAULT_MIN_CALIBRATION_BATCHES, ForwardLoop, default_collect_func
 from .constraints import CONSTRAINT_NAMES, run_with_dummy_input, unpack_dummy_input
+from .conversion import rollback_on_error
 from .progress import progress
 from .search_config import (
     candidate_key,
@@ -38,8 +44,12 @@ __all__ = [
     "CONSTRAINT_NAMES",
     "DEFAULT_MIN_CALIBRATION_BATCHES",
     "SEARCH_CHECKPOINT_KIND",
+    "CandidateRecord",
+    "FiniteFloat",
     "ForwardLoop",
+    "NonNegativeInt",
     "SearchConfig",
+    "SubnetConfig",
     "candidate_key",
     "check_bool",
     "check_callable",
@@ -49,6 +59,8 @@ __all__ = [
     "check_path",
     "default_collect_func",
     "progress",
+    "rollback_on_error",
     "run_with_dummy_input",
+    "state_error",
     "unpack_dummy_input",
 ]

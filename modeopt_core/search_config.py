@@ -137,14 +137,19 @@ def describe_value(value: Any) -> Any:
 def fingerprint_diff(old: Mapping[str, Any], new: Mapping[str, Any], prefix: str = "") -> list[str]:
     """Human-readable differences between two JSON fingerprints (``"config.num_iters: 5 -> 6"``)."""
     diffs: list[str] = []
-    for key in sorted(set(old) | set(new)):
+    for key in sorted(set(old) | set(new), key=repr):  # keys read from a file need not all be str
         path = f"{prefix}{key}"
         a, b = old.get(key, "<missing>"), new.get(key, "<missing>")
         if isinstance(a, Mapping) and isinstance(b, Mapping):
             diffs.extend(fingerprint_diff(a, b, prefix=f"{path}."))
         elif a != b:
-            diffs.append(f"{path}: {a!r} -> {b!r}")
+            diffs.append(f"{path[:100]}: {_clipped(a)} -> {_clipped(b)}")
     return diffs
+
+
+def _clipped(value: Any, limit: int = 100) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def candidate_key(config: Any) -> str:

@@ -16,17 +16,11 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from ._args import require_path
 from ._codec import RESERVED_PREFIX, decode, encode, from_json, to_json
-from ._container import (
-    VERSION_KEY,
-    TensorReader,
-    check_format,
-    parse_aliases,
-    prepare_tensors,
-    read_header,
-    verify_digest,
-    write_container,
-)
+from ._container import VERSION_KEY, bad, check_format, parse_aliases, prepare_tensors
+from ._reader import ContainerFile
+from ._writer import write_container
 from .errors import CheckpointError
 
 __all__ = ["STATE_FILE_FORMAT", "STATE_FILE_VERSION", "read_state_file", "write_state_file"]
@@ -41,14 +35,17 @@ def _check_kind(kind: str) -> None:
         raise CheckpointError(f"kind must be a non-empty string without surrounding spaces, got {kind!r}")
 
 
-def write_state_file(path: str | os.PathLike[str], data: dict[str, Any], *, kind: str) -> None:
+def write_state_file(path: str | os.PathLike[str], data: dict[str, Any], *, kind: str, durable: bool = False) -> None:
     """Atomically write ``data`` (nested dict/list/tuple/scalars/str/None/tensors) to ``path``.
+
+    ``durable``: flush to the disk before returning (see :func:`modeopt_core.save`).
 
     Raises:
         CheckpointError: ``data`` holds an unsupported value (the message names where), or writing
             failed; an existing file at ``path`` is then left as it was.
     """
     _check_kind(kind)
+    text = require_path(path, "write_state_file")
     if not isinstance(data, dict):
         raise CheckpointError(f"state file data must be a dict, got {type(data).__name__}")
     from . import __version__
@@ -63,29 +60,34 @@ def write_state_file(path: str | os.PathLike[str], data: dict[str, Any], *, kind
         "data": to_json(tree),
         "aliases": to_json(aliases),
     }
-    write_container(path, stored, metadata)
+    write_container(text, stored, metadata, durable=durable)
 
 
 def read_state_file(path: str | os.PathLike[str], *, kind: str) -> dict[str, Any]:
     """Read a state file written by :func:`write_state_file` with the same ``kind``.
 
-    Everything is checked before data is returned (format, version, kind, digest, structure); no code
-    runs while loading.
+    Everything is checked before data is returned (format, version, kind, digest, structure), and
+    everything is read from one open file; no code runs while loading.
 
     Raises:
         CheckpointError: missing, truncated, corrupted or foreign file, newer format version, other kind.
     """
     _check_kind(kind)
-    header = read_header(path)
-    check_format(header, STATE_FILE_FORMAT, STATE_FILE_VERSION, hint="read it with the API that wrote it")
-    found = header.metadata.get("kind")
-    if found != kind:
-        raise CheckpointError(f"{header.path}: holds state of kind {found!r}, not {kind!r}; pass the right file")
-    verify_digest(header)
-    tree = from_json(header.metadata.get("data", ""), "data")
-    aliases = parse_aliases(header, header.metadata.get("aliases", "{}"))
-    with TensorReader(header, aliases) as reader:
-        data = decode(tree, reader, prefix=_PREFIX)
+    text = require_path(path, "read_state_file")
+    with ContainerFile(text) as f:
+        header = f.header
+        check_format(header, STATE_FILE_FORMAT, STATE_FILE_VERSION, hint="read it with the API that wrote it")
+        found = header.metadata.get("kind")
+        if found != kind:
+            shown = found if found is None or len(found) <= 80 else found[:77] + "..."
+            raise bad(header.path, f"holds state of kind {shown!r}, not {kind!r}; pass the right file")
+        f.verify_digest()
+        try:
+            tree = from_json(header.metadata.get("data", ""), "data")
+            aliases = parse_aliases(header, header.metadata.get("aliases", "{}"))
+            data = decode(tree, f.reader(aliases, own=True), prefix=_PREFIX)
+        except CheckpointError as exc:
+            raise exc if str(exc).startswith(str(header.path)) else bad(header.path, str(exc)) from None
     if not isinstance(data, dict):
-        raise CheckpointError(f"{header.path}: stored data is a {type(data).__name__}, expected a dict")
+        raise bad(header.path, f"stored data is a {type(data).__name__}, expected a dict")
     return data

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import event, given, settings
+from hypothesis import event, example, given, settings
 from hypothesis import strategies as st
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
@@ -200,6 +200,9 @@ def _close(a: torch.Tensor, b: torch.Tensor) -> bool:
     kernels=st.sampled_from([(), (1, 3), (3, 5)]),
     seed=st.integers(0, 2**16),
 )
+# a concatenation [2 | 10] feeding a conv of two groups of 6: the inputs straddle the conv's groups
+@example(stem=4, kinds=[("cat", 2, 10), ("grouped", 6, False)], head="mean", ratios=(0.25, 0.5, 1.0), divisor=2,
+         kernels=(), seed=0)
 def test_random_grammar_models_export_equal(stem, kinds, head, ratios, divisor, kernels, seed):
     torch.manual_seed(seed)
     model = _GrammarNet(stem, kinds, head)

@@ -18,7 +18,7 @@ AUTONAS = {
 SPACE = {
     "BUILTIN_LAYER_TYPES", "DEFAULT_CALIBRATION_BATCHES", "LAYERS", "RULE_KEYS", "SAMPLE_MODES",
     "AnalysisInputError", "AnalysisReport", "AnalysisResult", "ChannelRule", "DepthRule", "DynamicAttributeError",
-    "DynamicModule", "ExportConfig", "ExportNASMode", "FeatureRule", "Hparam", "HparamValueError", "LayerRegistry",
+    "DynamicModule", "ExportConfig", "ExportNASMode", "FeatureRule", "Hparam", "HparamValueError", "KernelSize", "Ratio", "LayerRegistry",
     "LayerSpec", "LayerType", "NASModeBase", "NASRuleConfig", "SearchSpace", "SearchSpaceError", "SpaceExportedError",
     "SpaceStructure", "StructureMismatchError", "SubnetConfigError", "SubnetDriver", "SubnetProfiler", "analyze",
     "attr_view", "buffer_view", "channel_norm_spec", "conv_spec", "get_search_space", "get_subnet_config",

@@ -97,10 +97,13 @@ def test_convert_time() -> None:
 
 
 def test_checkpoints() -> None:
-    _, (table,) = _run("checkpoints.py")
+    out, (table, ratio) = _run("checkpoints.py")
     ops = _column(table, "operation")
     assert {"modeopt save", "modeopt restore", "torch.save", "torch.load"} <= set(ops)
     assert all(size.endswith(("KiB", "MiB", "GiB")) for size in _column(table, "file"))
+    assert _column(ratio, "operation")[:3] == ["torch.save", "modeopt save", "modeopt save durable"]
+    assert _column(ratio, "vs torch.save / torch.load")[0] == "1.00x"
+    assert re.search(r"modeopt save / torch.save = [\d.]+ \(target <= 1.2\)", out), out
 
 
 @pytest.mark.slow
@@ -131,3 +134,13 @@ def test_quality(tmp_path: Path) -> None:
     assert names[0] == "baseline" and any(n.startswith("FastNAS 50%") for n in names)
     pruned = [float(f.rstrip("%")) for n, f in zip(names, _column(table, "FLOPs kept")) if n.startswith("FastNAS")]
     assert pruned and all(f <= 50.0 for f in pruned)
+
+
+def test_checkpoint_stress() -> None:
+    out, tables = _run("checkpoint_stress.py")
+    files, kills, races = tables
+    assert "failures (untyped errors, mixed or damaged files, changed models): 0" in out
+    assert sum(int(n) for n in _column(files, "count")) >= 20
+    assert any(o.startswith("crafted: refused") for o in _column(files, "outcome"))
+    assert "file restores to one complete save" in _column(kills, "outcome")
+    assert "one complete save" in _column(races, "outcome")

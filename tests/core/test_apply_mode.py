@@ -87,7 +87,7 @@ def test_unknown_mode_suggests_close_match(toy_modes: str, tiny: nn.Module) -> N
 def test_bad_config_names_field_and_accepted_keys(toy_modes: str, tiny: nn.Module) -> None:
     with pytest.raises(mo.ConfigError, match=r"factor: .*greater than 0"):
         mo.apply_mode(tiny, ("toy_scale", {"factor": -1}))
-    with pytest.raises(mo.ConfigError, match=r"unknown key; accepted keys are \['factor'\]"):
+    with pytest.raises(mo.ConfigError, match=r"unknown key 'factr', did you mean 'factor'\? accepted keys are \['factor'\]"):
         mo.apply_mode(tiny, ("toy_scale", {"factr": 1}))
     assert mo.applied_modes(tiny) == []
 

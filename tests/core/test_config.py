@@ -56,7 +56,8 @@ def test_unmatched_module_is_disabled() -> None:
 def test_errors_name_field_path_and_accepted_values() -> None:
     with pytest.raises(mo.ConfigError, match=r"nn\.Conv2d\.\*\.channel_divisor: .*greater than or equal to 1"):
         mo.validate_config(Rules, {"nn.Conv2d": {"channel_divisor": 0}})
-    with pytest.raises(mo.ConfigError, match=r"nn\.Conv3d: unknown key; accepted keys are \['nn.Conv2d', 'nn.Linear'\]"):
+    with pytest.raises(mo.ConfigError, match=r"nn\.Conv3d: unknown key 'nn.Conv3d', did you mean 'nn.Conv2d'\? "
+                       r"accepted keys are \['nn.Conv2d', 'nn.Linear'\]"):
         mo.validate_config(Rules, {"nn.Conv3d": {}})
     with pytest.raises(mo.ConfigError, match=r"nn\.Conv2d\.layer\*\.bogus"):
         mo.validate_config(Rules, {"nn.Conv2d": {"layer*": {"bogus": 1}}})

@@ -14,6 +14,7 @@ EXPECTED = {
     "register_plugin", "restore_from_modeopt_state", "search", "unregister_plugin", "unwrap_model",
     "validate_config", "validate_modeopt_state",
     # searcher base
+    "ArgumentError",
     "BaseSearcher", "IterativeSearcher", "Constraints", "ConstraintResult", "ModelProfiler", "ForwardProfiler",
     "recalibrate_batchnorm", "make_forward_loop", "CalibrationError",
     # checkpoints
@@ -26,6 +27,8 @@ SDK = {
     "CONSTRAINT_NAMES", "DEFAULT_MIN_CALIBRATION_BATCHES", "SEARCH_CHECKPOINT_KIND", "ForwardLoop", "SearchConfig",
     "candidate_key", "check_bool", "check_callable", "check_float", "check_int", "check_known_keys", "check_path",
     "default_collect_func", "progress", "run_with_dummy_input", "unpack_dummy_input",
+    # search-state schema pieces, failure safety
+    "CandidateRecord", "FiniteFloat", "NonNegativeInt", "SubnetConfig", "state_error", "rollback_on_error",
 }
 
 DISTRIBUTED = {

@@ -210,6 +210,34 @@ def save_restore(ctx: Context) -> dict[str, Any]:
             "digest": digest(restored), "subnet": get_subnet_config(restored), "failed_save": failed_save}
 
 
+def save_one_rank(ctx: Context) -> dict[str, Any]:
+    """``if rank == 0: save(...)`` writes and nobody waits; all-rank saves still pair; a save called on rank 1
+    alone is an error after the (shortened) timeout, not a hang."""
+    from modeopt_core._rank0_write import SAVE_TIMEOUT_ENV
+
+    me = distributed.rank()
+    model = supernet()
+    solo = ctx.workdir / "solo.safetensors"
+    for _ in range(3):  # rank 0 alone, several times: the other ranks never call save
+        if me == 0:
+            mo.save(model, solo)
+    distributed.barrier()
+    solo_restored = digest(mo.restore(DigitsResNet(WIDTHS), solo)) == digest(model)
+    both = ctx.workdir / "both.safetensors"
+    mo.save(model, both)  # every rank: rank 0 writes, the others return once it is complete
+    both_complete = both.exists() and digest(mo.restore(DigitsResNet(WIDTHS), both)) == digest(model)
+    mo.save(model, solo)  # every rank, on the path rank 0 saved alone before: still no hang
+    distributed.barrier()
+    os.environ[SAVE_TIMEOUT_ENV] = "2"
+    try:
+        lonely = _error(lambda: mo.save(model, ctx.workdir / "lonely.safetensors")) if me == 1 else None
+    finally:
+        del os.environ[SAVE_TIMEOUT_ENV]
+    distributed.barrier()
+    return {"solo_restored": solo_restored, "both_complete": both_complete, "lonely": lonely,
+            "lonely_written": (ctx.workdir / "lonely.safetensors").exists()}
+
+
 def _choices(model: nn.Module) -> dict[str, tuple[int, ...]]:
     return {n: hp.choices for n, hp in get_search_space(model).named_hparams(True)}
 
@@ -379,5 +407,5 @@ def _seed_used(ctx: Context) -> list[Any]:
 SCENARIOS: dict[str, Callable[[Context], dict[str, Any]]] = {
     f.__name__: f
     for f in (autonas_evolve, autonas_random, resume_killed, resume_single, killed_search, save_restore,
-              wrapped_model, supernet_training, primitives, disagreement, fastnas_prune, fastnas_resume)
+              save_one_rank, wrapped_model, supernet_training, primitives, disagreement, fastnas_prune, fastnas_resume)
 }

@@ -20,7 +20,8 @@ from ._launch import Launch, results
 
 pytestmark = pytest.mark.skipif(not __import__("torch").distributed.is_gloo_available(), reason="needs gloo")
 
-SCENARIOS = ["autonas_evolve", "autonas_random", "resume_killed", "resume_single", "save_restore", "wrapped_model",
+SCENARIOS = ["autonas_evolve", "autonas_random", "resume_killed", "resume_single", "save_restore", "save_one_rank",
+             "wrapped_model",
              "supernet_training", "primitives", "disagreement", "fastnas_prune", "fastnas_resume"]
 KILL_AT = 3  # rank 0's third score call: after two finished rounds (two checkpoints)
 FASTNAS_FAIL_AT = 20  # a single-process FastNAS search dies in its 20th score call (part of the map done)
@@ -122,6 +123,17 @@ def test_save_writes_once_and_every_rank_restores(runs: Runs) -> None:
     assert ranks[0]["failed_save"].startswith("CheckpointError: cannot write")
     assert ranks[1]["failed_save"].startswith("DistributedError: rank 0 failed: CheckpointError: cannot write")
     assert single["failed_save"] == ranks[0]["failed_save"].replace(str(runs.dist_dir), str(runs.single_dir))
+
+
+def test_save_on_rank_0_alone_works_and_a_lonely_save_on_another_rank_fails_fast(runs: Runs) -> None:
+    r0, r1 = runs.ranks("save_one_rank")
+    for r in (r0, r1):
+        assert r["solo_restored"] and r["both_complete"]
+        assert not r["lonely_written"]
+    assert r0["lonely"] is None
+    assert r1["lonely"].startswith("DistributedError: save(")
+    assert "rank 0 did not begin saving that path within 2 s" in r1["lonely"]
+    assert "if rank == 0: save(...)" in r1["lonely"]
 
 
 def test_ddp_wrapped_models_are_accepted(runs: Runs) -> None:

@@ -62,3 +62,58 @@ def test_output_agreement_is_one_for_the_same_function_and_drops_when_it_changes
 def test_random_inputs_are_reproducible() -> None:
     a, b = random_inputs((2, 3), num_batches=2, seed=4), random_inputs((2, 3), num_batches=2, seed=4)
     assert all(torch.equal(x, y) for x, y in zip(a, b)) and not torch.equal(a[0], a[1])
+
+
+def _exact(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def _same(before: dict[str, torch.Tensor], model: torch.nn.Module) -> bool:
+    now = model.state_dict()
+    return list(now) == list(before) and all(torch.equal(now[k], v) for k, v in before.items())
+
+
+def test_prune_without_a_budget_raises_before_converting() -> None:
+    model = tiny_cnn()
+    for constraints in ({}, None):
+        with pytest.raises(mo.ConstraintError, match="FastNAS needs a budget"):
+            prune(model, constraints, DUMMY, {"score_func": _score()})  # type: ignore[arg-type]
+    with pytest.raises(mo.ArgumentError, match="dummy_input"):
+        prune(model, {"flops": "50%"}, None, {"score_func": _score()})
+    with pytest.raises(mo.ArgumentError, match="torch.nn.Module"):
+        prune(lambda x: x, {"flops": "50%"}, DUMMY, {"score_func": _score()})  # type: ignore[arg-type]
+    assert mo.applied_modes(model) == [] and not has_search_space(model)
+
+
+class _FailingScore:
+    """A real score for ``good_calls`` calls, then ``bad`` (NaN, a string, or an exception)."""
+
+    def __init__(self, bad: object, good_calls: int) -> None:
+        self.bad, self.left, self.inner = bad, good_calls, _score()
+
+    def __call__(self, model: torch.nn.Module) -> object:
+        if self.left == 0:
+            if isinstance(self.bad, BaseException):
+                raise self.bad
+            return self.bad
+        self.left -= 1
+        return self.inner(model)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), "0.9", RuntimeError("scorer crashed")], ids=["nan", "string", "raises"])
+@pytest.mark.parametrize("good_calls", [0, 3], ids=["first-score", "mid-map"])
+def test_a_failing_score_leaves_the_model_bit_for_bit_as_it_was(bad: object, good_calls: int) -> None:
+    fresh = tiny_cnn()
+    before = _exact(fresh)
+    error = mo.SearchError if not isinstance(bad, BaseException) else RuntimeError
+    with pytest.raises(error):
+        prune(fresh, {"flops": "50%"}, DUMMY, {"score_func": _FailingScore(bad, good_calls), "verbose": False})
+    assert mo.applied_modes(fresh) == [] and not has_search_space(fresh)  # prune converted it: rolled back
+    assert type(fresh.conv1) is torch.nn.Conv2d and _same(before, fresh)
+    # A model converted beforehand stays converted, at its original subnet, with unpermuted channels.
+    converted = mo.apply_mode(tiny_cnn(), ["fastnas"])
+    subnet, before = get_search_space(converted).config(), _exact(converted)
+    with pytest.raises(error):
+        prune(converted, {"flops": "50%"}, DUMMY, {"score_func": _FailingScore(bad, good_calls), "verbose": False})
+    assert mo.applied_modes(converted) == ["fastnas"] and get_search_space(converted).config() == subnet
+    assert _same(before, converted)

@@ -14,13 +14,16 @@ from modeopt_fastnas.digits import DigitsResNet
 TYPES = [
     "nn.Conv1d", "nn.Conv2d", "nn.Conv3d", "nn.ConvTranspose1d", "nn.ConvTranspose2d", "nn.ConvTranspose3d",
     "nn.Linear", "nn.BatchNorm1d", "nn.BatchNorm2d", "nn.BatchNorm3d", "nn.SyncBatchNorm",
-    "nn.InstanceNorm1d", "nn.InstanceNorm2d", "nn.InstanceNorm3d", "nn.LayerNorm", "nn.GroupNorm",
+    "nn.InstanceNorm1d", "nn.InstanceNorm2d", "nn.InstanceNorm3d", "nn.LayerNorm", "nn.GroupNorm", "nn.Embedding",
 ]
+BLOCK_LISTS = ["nn.ModuleList", "nn.Sequential"]
 
 
 def test_defaults_cover_every_type_with_exact_ratios_divisor_32_and_no_kernel_or_depth_search() -> None:
     config = FastNASConfig()
-    assert sorted(config.aliases()) == sorted(TYPES)  # no nn.Sequential: depth is not searched
+    assert sorted(config.aliases()) == sorted(TYPES + BLOCK_LISTS)
+    for block_list in BLOCK_LISTS:  # depth is not searched unless asked for
+        assert config.rule_for(block_list, "layers") is None
     assert DEFAULT_RATIOS == (0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5,
                               0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95, 1.0)
     conv = config.rule_for("nn.Conv2d", "any.name")

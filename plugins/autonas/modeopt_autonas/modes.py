@@ -22,7 +22,7 @@ class SupernetRuleConfig(NASRuleConfig):
         description="subnet drawn by each training forward: 'random' (uniform), or 'sandwich' (max, min, "
         "random in rotation)",
     )
-    seed: int = Field(default=0, description="seed of the training-time subnet sampler (reproducible runs)")
+    seed: int = Field(default=0, strict=True, description="seed of the training-time subnet sampler (reproducible runs)")
 
 
 AutoNASConfig = make_rule_config(

@@ -23,6 +23,7 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import torch
+from pydantic import BaseModel, ConfigDict
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from modeopt_core import (
@@ -36,10 +37,13 @@ from modeopt_core import (
 )
 from modeopt_core.sdk import (
     DEFAULT_MIN_CALIBRATION_BATCHES,
+    FiniteFloat,
     SearchConfig,
+    SubnetConfig,
     check_bool,
     check_float,
     check_int,
+    state_error,
     unpack_dummy_input,
 )
 
@@ -62,6 +66,15 @@ class _AtConfig:
 
     def params(self) -> float:
         return self._profiler.params(self._config)
+
+
+class _Member(BaseModel):
+    """A scored candidate of an evolutionary generation, as checkpointed."""
+
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+    config: SubnetConfig
+    score: FiniteFloat
 
 
 class NASSearcher(IterativeSearcher):
@@ -118,6 +131,20 @@ class NASSearcher(IterativeSearcher):
 
     def current_config(self) -> dict[str, Any]:
         return self.space.config()
+
+    def validate_state(self, state: Mapping[str, Any]) -> None:
+        """Also: every subnet config recorded in a resumed state is a subnet of this space."""
+        super().validate_state(state)
+        choices = self.choices()
+        recorded = [(f"history[{i}].config", r["config"]) for i, r in enumerate(state["history"])]
+        recorded += [("best.config", state["best"]["config"])] if state["best"] is not None else []
+        recorded += [("original_config", state["original_config"])] if state["original_config"] is not None else []
+        for key in ("population", "parents"):
+            recorded += [(f"{key}[{i}].config", m["config"]) for i, m in enumerate(state.get(key, []))]
+        for where, config in recorded:
+            if set(config) != set(choices) or any(type(config[n]) is not int or config[n] not in c
+                                                  for n, c in choices.items()):
+                raise state_error(where, "not a subnet of this search space (unknown names or choices)")
 
     def choices(self) -> dict[str, tuple[int, ...]]:
         """Choices of every configurable hparam, in the space's order."""
@@ -292,6 +319,10 @@ class EvolveSearcher(NASSearcher):
     @property
     def default_state_dict(self) -> dict[str, Any]:
         return {**super().default_state_dict, "population": [], "parents": []}
+
+    @property
+    def state_schema(self) -> dict[str, Any]:
+        return {**super().state_schema, "population": list[_Member], "parents": list[_Member]}
 
     def sanitize_search_config(self, config: Mapping[str, Any] | None) -> SearchConfig:
         merged = super().sanitize_search_config(config)

@@ -8,7 +8,8 @@ from typing import Any
 from torch import nn
 
 from modeopt_autonas.space import has_search_space
-from modeopt_core import Constraints, applied_modes, apply_mode, search
+from modeopt_core import ArgumentError, ConstraintError, Constraints, applied_modes, apply_mode, search, unwrap_model
+from modeopt_core.sdk import rollback_on_error
 
 __all__ = ["prune"]
 
@@ -34,14 +35,26 @@ def prune(
         ``modeopt_core.export(model)``) and the search results (sensitivity map, subnet, FLOPs/params
         before and after, evaluations, timings).
 
-    The search config and constraints are validated before the model is converted. If the search
-    fails afterwards (e.g. an unreachable budget) the model stays converted at its original subnet,
-    which computes the same function as before.
+    Everything that can be checked up front is checked before the model is converted: the model, a
+    non-empty budget, a dummy input, the search config and the mode config. If the search fails
+    afterwards (e.g. an unreachable budget, or a ``score_func`` returning NaN), the model is put back
+    as it was: unconverted (when ``prune`` converted it) with its weights bit for bit unchanged.
     """
     from .searcher import BinarySearcher
 
-    Constraints.parse(constraints)
+    if not isinstance(model, nn.Module):
+        raise ArgumentError(f"prune() argument 'model' must be a torch.nn.Module, got {type(model).__name__}")
+    parsed = Constraints.parse(constraints)
+    if not parsed:
+        raise ConstraintError(
+            "FastNAS needs a budget: pass constraints such as {'flops': '50%'} and/or {'params': 2e6}"
+        )
+    if dummy_input is None:
+        raise ArgumentError("prune() needs a dummy_input (an input the model accepts) to count FLOPs and params")
     BinarySearcher().sanitize_search_config(config)
-    if not (applied_modes(model)[-1:] == ["fastnas"] and has_search_space(model)):
-        model = apply_mode(model, [("fastnas", dict(mode_config or {}))])
-    return search(model, constraints, dummy_input, dict(config or {}))
+    inner = unwrap_model(model)
+    if applied_modes(inner)[-1:] == ["fastnas"] and has_search_space(inner):
+        return search(model, constraints, dummy_input, dict(config or {}))
+    with rollback_on_error(inner):
+        converted = apply_mode(inner, [("fastnas", dict(mode_config or {}))])
+        return search(converted, constraints, dummy_input, dict(config or {}))

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field
 
-from modeopt_autonas.space import ChannelRule, DepthRule, FeatureRule, NASRuleConfig, nas_rules
+from modeopt_autonas.space import ChannelRule, DepthRule, FeatureRule, NASRuleConfig, Ratio, nas_rules
 from modeopt_core import make_rule_config
 
 __all__ = [
@@ -40,17 +40,17 @@ _STEPS_HELP = (
 class FastNASChannelRule(ChannelRule):
     """Rule of a conv (or GroupNorm) under FastNAS: fine ratios, divisor 32 adapted to narrow layers."""
 
-    channels_ratio: tuple[float, ...] | None = Field(default=DEFAULT_RATIOS, description="widths as ratios")
-    channel_divisor: int = Field(default=DEFAULT_DIVISOR, ge=1, description="round widths to multiples of this")
-    min_width_steps: int = Field(default=DEFAULT_MIN_WIDTH_STEPS, ge=0, description=_STEPS_HELP)
+    channels_ratio: tuple[Ratio, ...] | None = Field(default=DEFAULT_RATIOS, description="widths as ratios")
+    channel_divisor: int = Field(default=DEFAULT_DIVISOR, ge=1, strict=True, description="round widths to multiples of this")
+    min_width_steps: int = Field(default=DEFAULT_MIN_WIDTH_STEPS, ge=0, strict=True, description=_STEPS_HELP)
 
 
 class FastNASFeatureRule(FeatureRule):
     """Rule of a Linear or a norm layer under FastNAS (same defaults as the channel rule)."""
 
-    features_ratio: tuple[float, ...] | None = Field(default=DEFAULT_RATIOS, description="widths as ratios")
-    feature_divisor: int = Field(default=DEFAULT_DIVISOR, ge=1, description="round widths to multiples of this")
-    min_width_steps: int = Field(default=DEFAULT_MIN_WIDTH_STEPS, ge=0, description=_STEPS_HELP)
+    features_ratio: tuple[Ratio, ...] | None = Field(default=DEFAULT_RATIOS, description="widths as ratios")
+    feature_divisor: int = Field(default=DEFAULT_DIVISOR, ge=1, strict=True, description="round widths to multiples of this")
+    min_width_steps: int = Field(default=DEFAULT_MIN_WIDTH_STEPS, ge=0, strict=True, description=_STEPS_HELP)
 
 
 def _fastnas_rules() -> dict[str, tuple[type[BaseModel], dict[str, object] | None]]:

@@ -25,9 +25,10 @@ import logging
 import math
 import time
 from collections.abc import Iterator, Mapping
-from typing import Any
+from typing import Annotated, Any
 
 import torch
+from pydantic import Field, JsonValue
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from modeopt_autonas.space import Hparam, SearchSpace, SubnetProfiler, get_search_space
@@ -42,10 +43,13 @@ from modeopt_core import (
 )
 from modeopt_core.sdk import (
     DEFAULT_MIN_CALIBRATION_BATCHES,
+    FiniteFloat,
+    NonNegativeInt,
     SearchConfig,
     check_float,
     check_int,
     progress,
+    state_error,
     unpack_dummy_input,
 )
 
@@ -113,6 +117,7 @@ class BinarySearcher(IterativeSearcher):
         self._best_key: PruningKey | None = None
         self._chosen_threshold: float | None = None
         self._bn_snapshot: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self._sort_log: list[Any] = []  # the channel sort, undone if the search fails
         self._timings: dict[str, float] = {}
         self._evals_this_run = self._calibration_batches = 0
         self._bn_recalibrated = False
@@ -140,6 +145,43 @@ class BinarySearcher(IterativeSearcher):
             "sensitivity_time_s": 0.0,
             "thresholds_visited": [],
         }
+
+    @property
+    def state_schema(self) -> dict[str, Any]:
+        """Adds the types of the FastNAS state (the map's entries are checked by :meth:`validate_state`)."""
+        return {
+            **super().state_schema,
+            "original_score": FiniteFloat | None,
+            "sensitivity_raw": dict[str, list[list[int | float | None]]],
+            "num_score_evals": NonNegativeInt,
+            "sensitivity_time_s": Annotated[float, Field(ge=0, allow_inf_nan=False)],
+            "thresholds_visited": list[dict[str, JsonValue]],
+        }
+
+    def validate_state(self, state: Mapping[str, Any]) -> None:
+        """Also: each mapped hparam is a prunable hparam of this space, its entry lists exactly its choices
+        with a finite drop or None (always None for the widest), and a map comes with the original score."""
+        super().validate_state(state)
+        original = state["original_config"]
+        choices = {n: hp.choices for n, hp in self._space().named_hparams(True)}
+        if original is not None and (set(original) != set(choices) or any(
+                type(original[n]) is not int or original[n] not in c for n, c in choices.items())):
+            raise state_error("original_config", "not a subnet of this search space (unknown names or choices)")
+        if state["sensitivity_raw"] and state["original_score"] is None:
+            raise state_error("original_score", "a sensitivity map without the original score")
+        for name, raw in state["sensitivity_raw"].items():
+            where = f"sensitivity_raw[{name[:60]!r}]"
+            hp = self._targets.get(name)
+            if hp is None:
+                raise state_error(where, "not a prunable hparam of this search space")
+            if [entry[0] if len(entry) == 2 else None for entry in raw] != list(hp.choices):
+                raise state_error(where, f"expected [[choice, drop], ...] for the choices {list(hp.choices)}")
+            for choice, drop in raw:
+                if type(choice) is not int or not (drop is None or (type(drop) is float and math.isfinite(drop))):
+                    raise state_error(where, f"choice {str(choice)[:20]} has drop {str(drop)[:20]}: expected a "
+                                             "finite float or null")
+            if raw[-1][1] is not None:
+                raise state_error(where, "the widest choice has a drop (it is never evaluated)")
 
     def sanitize_search_config(self, config: Mapping[str, Any] | None) -> SearchConfig:
         """Also checks the FastNAS keys and that ``bn_calibration`` has the data it needs."""
@@ -260,7 +302,8 @@ class BinarySearcher(IterativeSearcher):
             drawn = list(itertools.islice(self.config["data_loader"], self.config["max_iter_data_loader"]))
             self.forward_loop = make_forward_loop(drawn, collect_func=self.config["collect_func"])
         t0 = time.perf_counter()
-        space.sort_by_importance(list(self._targets))  # function-preserving: nothing to undo on error
+        with self._restore_on_error():  # the sort is function-preserving, but a failed search undoes it too
+            space.sort_by_importance(list(self._targets), log=self._sort_log)
         self._timings["sort_s"] = time.perf_counter() - t0
         self._bn_snapshot = [
             (buf, buf.detach().clone())
@@ -461,7 +504,8 @@ class BinarySearcher(IterativeSearcher):
 
     @contextlib.contextmanager
     def _restore_on_error(self) -> Iterator[None]:
-        """On any error put back the BatchNorm statistics and the original subnet (weights stay sorted)."""
+        """On any error put back the BatchNorm statistics, the original subnet and the channel order:
+        the model is then bit for bit as the search found it."""
         try:
             yield
         except BaseException:
@@ -471,12 +515,18 @@ class BinarySearcher(IterativeSearcher):
             if self.original_config is not None and self.space is not None:
                 with contextlib.suppress(Exception):
                     self.space.select(self.original_config, strict=False)
+            if self.space is not None:
+                self.space.undo_sort(self._sort_log)
             raise
 
     # ----------------------------------------------------------------- results
     def results(self) -> dict[str, Any]:
         """Adds the sensitivity map, the chosen subnet and threshold, FLOPs/params before and after,
         score-evaluation counts, timings and the thresholds the binary search visited."""
+        with self._restore_on_error():  # a search that cannot report leaves the model as it found it
+            return self._results()
+
+    def _results(self) -> dict[str, Any]:
         res = super().results()
         counter = self._counter()
         original = self.original_config or {}

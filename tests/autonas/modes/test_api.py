@@ -20,7 +20,7 @@ def test_print_search_space_returns_a_table_and_prints_nothing(capsys: pytest.Ca
     model = supernet()
     table = mtn.print_search_space(model)
     assert capsys.readouterr() == ("", "")
-    assert "layer3.0.conv1.out_channels" in table and "[16, 24, 32]" in table and "2592 subnets" in table
+    assert "layer3.0.conv1.out_channels" in table and "[16, 24, 32]" in table and "3456 subnets" in table and "layer1.0.keep" in table
     assert "frozen stem.0.out_channels" in mtn.print_search_space(model, include_frozen=True)
 
 

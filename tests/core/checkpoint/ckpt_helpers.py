@@ -14,7 +14,9 @@ from safetensors import safe_open
 from torch import nn
 
 from modeopt_core import ModeConfig, ModeDescriptor, hookimpl
-from modeopt_core._container import prepare_tensors, read_header, write_container
+from modeopt_core._container import prepare_tensors
+from modeopt_core._reader import read_header
+from modeopt_core._writer import write_container
 
 # ---------------------------------------------------------------------------------------------------
 # Strict structural equality: types (tuple vs list, int vs bool), key types, tensors bit for bit.

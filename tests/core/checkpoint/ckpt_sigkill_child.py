@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from modeopt_core import _container
+from modeopt_core import _writer
 from modeopt_core.checkpoint import save
 
 
@@ -25,16 +25,16 @@ def build() -> nn.Module:
 def save_forever(path: str, first: int, started: Any, done: Any, writing: Any, write_ns: Any) -> None:
     """Save iteration after iteration, publishing progress (and the last write's duration) in shared ints."""
     torch.set_num_threads(1)  # keeps fill_() cheap on a busy machine: the loop is then nearly all save()
-    write_file = _container.save_file
+    write_body = _writer._write_body
 
     def observed_write(*args: Any, **kwargs: Any) -> None:  # only observes; the real writer runs
         writing.value = 1
         t0 = time.perf_counter_ns()
-        write_file(*args, **kwargs)
+        write_body(*args, **kwargs)
         write_ns.value = time.perf_counter_ns() - t0
         writing.value = 0
 
-    _container.save_file = observed_write  # type: ignore[assignment]
+    _writer._write_body = observed_write  # type: ignore[assignment]
     model = build()
     k = first
     while True:

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 import modeopt_core as mo
-from modeopt_core import _container
+from modeopt_core._reader import read_header
 from modeopt_core.checkpoint import inspect_checkpoint, restore, save
 from tests.core.checkpoint.ckpt_helpers import (
     Locked,
@@ -40,7 +40,7 @@ def test_plain_model_without_modes(tmp_path: Path, tiny: nn.Module) -> None:
     out = restore(fresh, path)
     assert out is fresh and mo.applied_modes(out) == []
     assert_weights_equal(tiny, out)
-    meta = _container.read_header(path).metadata
+    meta = read_header(path).metadata
     assert meta["format"] == "modeopt" and meta["format_version"] == "1"
     assert mo.modeopt_state(out)["modes"] == []
 
@@ -121,7 +121,7 @@ def test_tied_embedding_and_head(tmp_path: Path) -> None:
     model = TiedLM()
     path = tmp_path / "lm.safetensors"
     save(model, path)
-    header = _container.read_header(path)
+    header = read_header(path)
     assert "embed.weight" in header.tensors and "head.weight" not in header.tensors
     info = inspect_checkpoint(path)
     assert info.num_aliases == 1 and info.num_tensors == 3
@@ -139,7 +139,7 @@ def test_module_registered_twice(tmp_path: Path) -> None:
     path = tmp_path / "s.safetensors"
     save(model, path)
     assert inspect_checkpoint(path).num_aliases == 2
-    assert "second.weight" not in _container.read_header(path).tensors
+    assert "second.weight" not in read_header(path).tensors
     restored = restore(SharedBlock(), path)
     assert restored.first is restored.second
     assert restored.second.weight.data_ptr() == restored.first.weight.data_ptr()
@@ -162,7 +162,7 @@ def test_tensors_sharing_memory_in_other_ways(tmp_path: Path) -> None:
     save(model, path)
     restored = restore(Views(), path)
     assert_weights_equal(model, restored)
-    assert _container.read_header(path).tensors.keys() == {"full", "row", "lin.weight", "lin.bias"}
+    assert read_header(path).tensors.keys() == {"full", "row", "lin.weight", "lin.bias"}
 
 
 def test_extra_state_buffers_and_dtypes(tmp_path: Path) -> None:
@@ -188,7 +188,7 @@ def test_data_parallel_is_unwrapped(tmp_path: Path, toy_modes: str, tiny: nn.Mod
     model = mo.apply_mode(tiny, "toy_tag")
     path = tmp_path / "dp.safetensors"
     save(nn.DataParallel(model), path)
-    assert "module.0.weight" not in _container.read_header(path).tensors
+    assert "module.0.weight" not in read_header(path).tensors
     wrapped = nn.DataParallel(nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2)))
     restored = restore(wrapped, path)
     assert not isinstance(restored, nn.DataParallel)
@@ -266,7 +266,7 @@ def test_models_that_rename_state_dict_keys(tmp_path: Path, caplog: pytest.LogCa
     torch.manual_seed(0)
     model = Renaming()
     save(model, tmp_path / "r.safetensors")
-    assert "w_renamed" in _container.read_header(tmp_path / "r.safetensors").tensors
+    assert "w_renamed" in read_header(tmp_path / "r.safetensors").tensors
     restored = restore(Renaming(), tmp_path / "r.safetensors")
     assert torch.equal(restored.lin.weight, model.lin.weight) and torch.equal(restored.lin.bias, model.lin.bias)
     assert "loading all tensors at once" in caplog.text

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from modeopt_core._atomic import temporary_pattern
 from modeopt_core.checkpoint import inspect_checkpoint, restore
 from tests.core.checkpoint.ckpt_sigkill_child import build, save_forever
 
@@ -58,7 +59,7 @@ def _run_and_kill(ctx: Any, path: Path, first: int, rng: random.Random, *, durin
 def test_sigkill_during_save_leaves_a_loadable_file(tmp_path: Path, ctx: Any) -> None:
     rng = random.Random(1234)
     path = tmp_path / "ckpt.safetensors"
-    first, mid_save, mid_write, round_ = 0, 0, 0, 0
+    first, mid_save, mid_write, round_, most_strays = 0, 0, 0, 0, 0
     while round_ < ROUNDS or (round_ < MAX_ROUNDS and (mid_write < 2 or mid_save < ROUNDS // 2)):
         last_start, last_done, in_write = _run_and_kill(ctx, path, first, rng, during_write=round_ % 2 == 1)
         mid_save += last_start > last_done
@@ -70,8 +71,14 @@ def test_sigkill_during_save_leaves_a_loadable_file(tmp_path: Path, ctx: Any) ->
         assert len(values) == 1, f"a mix of saves in one file: {sorted(values)[:5]}"
         # The kill may land after the rename but before ``done`` was updated.
         assert values <= {float(last_done), float(last_start)}
+        # at most one stray temporary per kill, and the next save (the next child's) removes it
+        strays = [p for p in tmp_path.iterdir() if temporary_pattern(path).fullmatch(p.name)]
+        assert len(strays) <= 1, strays
+        most_strays = max(most_strays, len(strays))
         first = last_start + 1
         round_ += 1
     assert mid_save >= ROUNDS // 2, f"only {mid_save} of {round_} kills landed inside save()"
     assert mid_write >= 2, f"only {mid_write} kills landed while the file was being written"
     assert not any(p.suffix == ".safetensors" and p != path for p in tmp_path.iterdir())
+    assert not any(p.name.startswith(".tmp") for p in tmp_path.iterdir())  # no safetensors writer temporaries
+    assert most_strays == 1, "no kill left a temporary: the kills did not land inside writes"

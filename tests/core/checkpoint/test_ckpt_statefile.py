@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from safetensors.torch import save_file
 
 from modeopt_core import _container
+from modeopt_core._reader import read_header
 from modeopt_core.errors import CheckpointError
 from modeopt_core.statefile import STATE_FILE_FORMAT, read_state_file, write_state_file
 from tests.core.checkpoint.ckpt_helpers import assert_same, rewrite, trees
@@ -51,7 +52,7 @@ def test_search_like_state_roundtrip(tmp_path: Path) -> None:
 def test_header_records_format_kind_and_version(tmp_path: Path) -> None:
     path = tmp_path / "s.st"
     write_state_file(path, {"a": 1}, kind=KIND)
-    meta = _container.read_header(path).metadata
+    meta = read_header(path).metadata
     assert meta["format"] == STATE_FILE_FORMAT and meta["format_version"] == "1" and meta["kind"] == KIND
     assert meta["digest"].startswith("sha256:") and json.loads(meta["data"]) == {"a": 1}
 
@@ -229,6 +230,6 @@ def test_files_with_a_blake2b_digest_still_verify(tmp_path: Path, monkeypatch: p
     monkeypatch.setattr(_container, "_DIGEST_ALGO", "blake2b-256")
     write_state_file(path, {"a": 1, "t": torch.arange(3)}, kind="test/old")
     monkeypatch.undo()
-    assert _container.read_header(path).metadata["digest"].startswith("blake2b-256:")
+    assert read_header(path).metadata["digest"].startswith("blake2b-256:")
     data = read_state_file(path, kind="test/old")
     assert data["a"] == 1 and torch.equal(data["t"], torch.arange(3))

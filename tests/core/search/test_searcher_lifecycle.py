@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+import modeopt_core as mo
 from modeopt_core.calibration import DataLoaderForwardLoop, recalibrate_batchnorm
 from modeopt_core.errors import ConfigError, ConstraintError, SearchError
 from modeopt_core.searcher import BaseSearcher, IterativeSearcher
@@ -186,7 +187,7 @@ def test_config_errors_name_the_problem_and_leave_model_untouched(config: dict[s
 def test_other_search_argument_errors() -> None:
     with pytest.raises(ConfigError, match="must be a dict"):
         RandomChoiceSearcher().search(make_net(), None, DUMMY, [("num_iters", 3)])  # type: ignore[arg-type]
-    with pytest.raises(SearchError, match="torch.nn.Module"):
+    with pytest.raises(mo.ArgumentError, match=r"search\(\) argument 'model' must be a torch.nn.Module"):
         RandomChoiceSearcher().search("model", None, DUMMY, {})  # type: ignore[arg-type]
     with pytest.raises(ConstraintError, match="need a dummy_input"):
         RandomChoiceSearcher().search(make_net(), {"flops": 100}, None, {"score_func": ScoreOnData()})

@@ -57,7 +57,17 @@ from .layers import (
 )
 from .mode import ExportNASMode, NASModeBase, get_search_space, has_search_space
 from .profile import SubnetProfiler
-from .rules import ChannelRule, DepthRule, ExportConfig, FeatureRule, NASRuleConfig, module_type_alias, nas_rules
+from .rules import (
+    ChannelRule,
+    DepthRule,
+    ExportConfig,
+    FeatureRule,
+    KernelSize,
+    NASRuleConfig,
+    Ratio,
+    module_type_alias,
+    nas_rules,
+)
 from .search_space import SAMPLE_MODES, SearchSpace, SubnetDriver
 from .structure import SpaceStructure
 
@@ -79,11 +89,13 @@ __all__ = [
     "FeatureRule",
     "Hparam",
     "HparamValueError",
+    "KernelSize",
     "LayerRegistry",
     "LayerSpec",
     "LayerType",
     "NASModeBase",
     "NASRuleConfig",
+    "Ratio",
     "SearchSpace",
     "SearchSpaceError",
     "SpaceExportedError",

@@ -216,7 +216,10 @@ def _group_hparam(
     choices = {size} if reasons or allowed is None else allowed
     for mult in sorted(multiples):
         if size % mult:
+            # e.g. one input of a concatenation feeding a grouped conv straddles its channel groups:
+            # narrowing it would move channels between the conv's groups
             reasons.append(f"width {size} is not a multiple of {mult}")
+            choices = {size}
         choices = {c for c in choices if c % mult == 0}
     choices.add(size)
     if len(choices) == 1 and not reasons:

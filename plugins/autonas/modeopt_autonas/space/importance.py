@@ -20,7 +20,7 @@ from .errors import SubnetConfigError
 if TYPE_CHECKING:
     from .search_space import SearchSpace
 
-__all__ = ["channel_importance", "sort_by_importance"]
+__all__ = ["SortLog", "channel_importance", "sort_by_importance", "undo_sort"]
 
 
 def _tensor(module: torch.nn.Module, name: str) -> torch.Tensor | None:
@@ -76,10 +76,18 @@ def _permute_group(space: SearchSpace, group_id: int, perm: torch.Tensor) -> Non
                 t.copy_(t.index_select(dim, index.to(t.device)))
 
 
-def sort_by_importance(space: SearchSpace, names: list[str] | None = None) -> dict[str, torch.Tensor]:
+#: what :func:`sort_by_importance` changed, for :func:`undo_sort`: (group id, permutation, previous importance)
+SortLog = list[tuple[int, torch.Tensor, "torch.Tensor | None"]]
+
+
+def sort_by_importance(
+    space: SearchSpace, names: list[str] | None = None, *, log: SortLog | None = None
+) -> dict[str, torch.Tensor]:
     """Sort the channels of every configurable, sortable channel group (or only those in ``names``).
 
-    Returns ``{hparam name: importance in the new order}`` for the groups that were scored.
+    Returns ``{hparam name: importance in the new order}`` for the groups that were scored. With
+    ``log``, every change is appended to it, so that :func:`undo_sort` can put the weights back bit
+    for bit (a failed search must leave the model as it found it).
     """
     if names is not None:
         known = {n for n, _ in space.named_hparams(None)}
@@ -95,8 +103,19 @@ def sort_by_importance(space: SearchSpace, names: list[str] | None = None) -> di
         if importance is None:
             continue
         perm = torch.argsort(importance, descending=True, stable=True)
+        if log is not None:
+            log.append((gid, perm, hp.importance))
         if not torch.equal(perm, torch.arange(perm.numel())):
             _permute_group(space, gid, perm)
         hp.importance = importance[perm]
         result[hp.name] = hp.importance
     return result
+
+
+def undo_sort(space: SearchSpace, log: SortLog) -> None:
+    """Undo the sorts recorded in ``log`` (newest first): every permuted tensor is exactly as before."""
+    for gid, perm, importance in reversed(log):
+        if not torch.equal(perm, torch.arange(perm.numel())):
+            _permute_group(space, gid, torch.argsort(perm))
+        space._built.group_hparams[gid].importance = importance
+    log.clear()

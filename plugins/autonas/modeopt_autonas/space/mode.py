@@ -86,7 +86,7 @@ def _no_searchable_dimension_message(space: SearchSpace, report: AnalysisReport 
     """The error text for a model without any searchable dimension: every reason, and what to do first."""
     reasons = [f"{k}: {v}" for k, v in space.frozen.items()]
     if report is not None:
-        reasons = [f"untraceable {k or '(model)'}: {v}" for k, v in report.untraceable.items()] + reasons
+        reasons = [f"{k or '(model)'} cannot be traced: {v}" for k, v in report.untraceable.items()] + reasons
     if not reasons:
         reasons = ["the model has no layer the search space understands (convs, Linear, norms, or a registered type)"]
     shown = "; ".join(reasons[:8]) + (f"; ... ({len(reasons) - 8} more)" if len(reasons) > 8 else "")
@@ -105,6 +105,10 @@ class NASModeBase(ModeDescriptor):
     subclass) and may override :meth:`on_space_ready`. Metadata recorded: the model class, the
     search-space structure (so restore never re-runs the analysis) and the active subnet.
     """
+
+    @property
+    def accepted_mode_kwargs(self) -> frozenset[str] | None:
+        return frozenset({"dummy_input"})  # the rest is in the config
 
     @property
     def next_modes(self) -> set[str] | None:
@@ -218,6 +222,10 @@ class ExportNASMode(ModeDescriptor):
     @property
     def is_export_mode(self) -> bool:
         return True
+
+    @property
+    def accepted_mode_kwargs(self) -> frozenset[str] | None:
+        return frozenset()
 
     def convert(self, model: nn.Module, config: ModeConfig, **mode_kwargs: Any) -> tuple[nn.Module, Metadata]:
         space = get_search_space(model)

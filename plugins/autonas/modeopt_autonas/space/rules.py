@@ -4,7 +4,7 @@ rule-config base every NAS-like mode's config derives from, and the ``export_nas
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import nn
@@ -19,7 +19,9 @@ __all__ = [
     "DepthRule",
     "ExportConfig",
     "FeatureRule",
+    "KernelSize",
     "NASRuleConfig",
+    "Ratio",
     "module_type_alias",
     "nas_rules",
 ]
@@ -27,6 +29,11 @@ __all__ = [
 
 class _Rule(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+#: rule numbers are strict: "8" or True is an error, not 8 or 1 (JSON lists still read as tuples)
+Ratio = Annotated[float, Field(strict=True)]
+KernelSize = Annotated[int, Field(strict=True)]
 
 
 def _check_ratios(value: tuple[float, ...] | None) -> tuple[float, ...] | None:
@@ -42,11 +49,11 @@ def _check_ratios(value: tuple[float, ...] | None) -> tuple[float, ...] | None:
 class ChannelRule(_Rule):
     """Rule of a conv (or GroupNorm): which output-channel widths to offer."""
 
-    channels_ratio: tuple[float, ...] | None = Field(
+    channels_ratio: tuple[Ratio, ...] | None = Field(
         default=(0.5, 0.67, 1.0), description="widths as ratios of the original (always incl. 1.0)"
     )
-    channel_divisor: int = Field(default=8, ge=1, description="round each width to a multiple of this")
-    kernel_size: tuple[int, ...] = Field(
+    channel_divisor: int = Field(default=8, ge=1, strict=True, description="round each width to a multiple of this")
+    kernel_size: tuple[KernelSize, ...] = Field(
         default=(), description="odd kernel sizes to offer (centred sub-kernels); () = keep the original"
     )
 
@@ -56,8 +63,8 @@ class ChannelRule(_Rule):
 class FeatureRule(_Rule):
     """Rule of a Linear or a norm layer: which feature widths to offer."""
 
-    features_ratio: tuple[float, ...] | None = Field(default=(0.5, 0.67, 1.0), description="widths as ratios")
-    feature_divisor: int = Field(default=8, ge=1, description="round each width to a multiple of this")
+    features_ratio: tuple[Ratio, ...] | None = Field(default=(0.5, 0.67, 1.0), description="widths as ratios")
+    feature_divisor: int = Field(default=8, ge=1, strict=True, description="round each width to a multiple of this")
 
     _ratios = field_validator("features_ratio")(_check_ratios)
 
@@ -65,9 +72,10 @@ class FeatureRule(_Rule):
 class DepthRule(_Rule):
     """Rule of an ``nn.Sequential`` or ``nn.ModuleList`` of blocks: elastic depth."""
 
-    min_depth: int = Field(default=0, ge=0, description="never keep fewer children than this (trailing depth)")
+    min_depth: int = Field(default=0, ge=0, strict=True, description="never keep fewer children than this (trailing depth)")
     drop_blocks: bool = Field(
         default=True,
+        strict=True,
         description="in a list of identical blocks (transformer layers), any block may be dropped on its own "
         "(a keep hparam per block) rather than only the trailing ones",
     )
@@ -115,7 +123,7 @@ def nas_rules(
 class ExportConfig(ModeConfig):
     """Config of the ``export_nas`` mode."""
 
-    strict: bool = Field(default=True, description="on restore, require the recorded subnet to match exactly")
+    strict: bool = Field(default=True, strict=True, description="on restore, require the recorded subnet to match exactly")
 
 
 def module_type_alias(module: nn.Module) -> str | None:

@@ -248,12 +248,20 @@ class SearchSpace:
         return f"SearchSpace({sum(1 for _ in self.named_hparams(True))} hparams, size={self.size()})"
 
     # ---- sorting and export -----------------------------------------------------------------------
-    def sort_by_importance(self, names: list[str] | None = None) -> dict[str, torch.Tensor]:
-        """Physically reorder channels so the most important come first (see ``importance``)."""
+    def sort_by_importance(self, names: list[str] | None = None, *, log: list[Any] | None = None) -> dict[str, torch.Tensor]:
+        """Physically reorder channels so the most important come first (see ``importance``; ``log``
+        records the changes for ``importance.undo_sort``)."""
         self._alive()
         from .importance import sort_by_importance
 
-        return sort_by_importance(self, names)
+        return sort_by_importance(self, names, log=log)
+
+    def undo_sort(self, log: list[Any]) -> None:
+        """Put back, bit for bit, every channel order a :meth:`sort_by_importance` with ``log`` changed."""
+        self._alive()
+        from .importance import undo_sort
+
+        undo_sort(self, log)
 
     def export(self, inplace: bool = True) -> nn.Module:
         """A plain torch model of the active subnet (original classes, smaller weights).
