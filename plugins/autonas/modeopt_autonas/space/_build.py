@@ -345,7 +345,10 @@ def build(model: nn.Module, structure: SpaceStructure, rules: RulesFn, *, unifor
             continue
         b, i, _ = min(entries, key=lambda e: (_priority(e[0].role), order[e[0].module], e[1]))
         dyn = None if is_follower(b.role) else _dynamic_class(modules[b.module])
-        attr = dyn.dynamic_roles.get(b.role, b.role) if dyn is not None else b.role.split(":", 1)[1]
+        if dyn is not None:
+            attr = dyn.dynamic_roles.get(b.role, b.role)
+        else:  # a follower's tensor/attribute name, or the role of a module without a dynamic class
+            attr = b.role.split(":", 1)[1] if is_follower(b.role) else b.role
         name = _head_name(entries) or _qualified(b.module, attr) + (f".{i}" if len(b.segments) > 1 else "")
         named.append(((order[b.module], 1, _priority(b.role), i), name, hp, reason))
 
