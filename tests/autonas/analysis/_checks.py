@@ -9,7 +9,7 @@ from modeopt_autonas.space.structure import ROLES, SpaceStructure, is_role
 
 _WIDTH_ATTRS = {
     "out": ("out_channels", "out_features"),
-    "in": ("in_channels", "in_features"),
+    "in": ("in_channels", "in_features", "embed_dim"),
     "features": ("num_features", "num_channels", "normalized_shape"),
 }
 

@@ -4,7 +4,8 @@ Independent of the dynamic modules: every searchable group gets a random smaller
 binding's dimension keeps the first ``k`` channels of each of its segments (``k * repeat`` features
 for flattened segments), and the module's weights, biases, running stats and size attributes are
 replaced accordingly. If the analysis tied channels wrongly (or missed a tie), the forward pass of
-the shrunk model fails with a shape error.
+the shrunk model fails with a shape error. Attention layers become the classes an export gives when
+their heads no longer fill their width (``PrunedMultiheadAttention``, ``PrunedShiftedWindowAttention``).
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from collections import defaultdict
 import torch
 from torch import nn
 
+from modeopt_autonas.space.dynamic import PrunedMultiheadAttention
+from modeopt_autonas.space.dynamic.window_attention import pruned_window_attention
 from modeopt_autonas.space.layers import LAYERS
 from modeopt_autonas.space.structure import TENSOR_ROLE_PREFIX, Binding, SpaceStructure
 
@@ -125,14 +128,46 @@ def _slice_module(module: nn.Module, dims: dict[str, torch.Tensor], tensors: dic
             module.num_groups = len(idx) // per_group
         else:
             module.num_features = len(idx)
+    elif isinstance(module, nn.MultiheadAttention):
+        _slice_attention(module, dims)
+    elif type(module).__name__ == "ShiftedWindowAttention":  # torchvision's Swin: heads only (its own tensors)
+        _slice_tensor(module, "relative_position_bias_table", 1, dims["heads"])
+        module.num_heads = len(dims["heads"])
+        module.__class__ = pruned_window_attention(type(module))  # head_dim: set before any slicing
     else:
         raise TypeError(f"test slicer does not know how to slice {type(module).__name__}")
+
+
+def _slice_attention(module: nn.MultiheadAttention, dims: dict[str, torch.Tensor]) -> None:
+    """An ``nn.MultiheadAttention`` by its roles, made a ``PrunedMultiheadAttention`` (which runs any heads)."""
+    packed = module._qkv_same_embed_dim
+    for role, entries in {
+        "in": [("in_proj_weight" if packed else "q_proj_weight", 1)],
+        "key": [("k_proj_weight", 1)],
+        "value": [("v_proj_weight", 1)],
+        "qkv": [("in_proj_weight", 0), ("in_proj_bias", 0)] if packed else [("in_proj_bias", 0)],
+        "heads": [("bias_k", 2), ("bias_v", 2)] + ([] if packed else [(f"{x}_proj_weight", 0) for x in "qkv"]),
+    }.items():
+        for name, dim in entries if role in dims else ():
+            _slice_tensor(module, name, dim, dims[role])
+    head_dim = module.head_dim
+    if "in" in dims:
+        module.embed_dim = len(dims["in"])
+    module.kdim = module.embed_dim if packed else len(dims.get("key", torch.empty(module.kdim)))
+    module.vdim = module.embed_dim if packed else len(dims.get("value", torch.empty(module.vdim)))
+    if "heads" in dims:
+        module.num_heads = len(dims["heads"]) // head_dim
+    module.__class__ = PrunedMultiheadAttention.of(type(module))
+    module.head_dim = head_dim
 
 
 def slice_by_structure(model: nn.Module, structure: SpaceStructure, widths: dict[int, int]) -> nn.Module:
     """A shrunk deep copy of ``model``."""
     shrunk = copy.deepcopy(model)
     modules = dict(shrunk.named_modules())
+    for m in modules.values():  # before qkv is sliced: the head size of every window attention
+        if type(m).__name__ == "ShiftedWindowAttention":
+            m.head_dim = m.qkv.out_features // 3 // m.num_heads
     per_module: dict[str, dict[str, torch.Tensor]] = defaultdict(dict)
     tensors: dict[str, dict[str, tuple]] = defaultdict(dict)
     for b in structure.bindings:

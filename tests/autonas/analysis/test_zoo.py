@@ -26,9 +26,9 @@ ZOO = {
     "googlenet": (61, 4, 0),
     "inception_v3": (96, 3, 0),
     "shufflenet_v2_x1_0": (18, 39, 0),
-    "vit_b_16": (12, 7, 1),
+    "vit_b_16": (24, 6, 1),  # heads + MLP per block; without an example the patch reshape freezes the stream
     "convnext_tiny": (22, 2, 5),  # LayerNorm2d recognised by its forward, layer_scale sliced with the stream
-    "swin_t": (12, 9, 5),
+    "swin_t": (25, 8, 5),  # heads + MLP per block + the last stage's stream (the others meet patch merging)
     "squeezenet1_1": (25, 2, 0),
     "alexnet": (7, 2, 0),
     "vgg11_bn": (10, 2, 0),
@@ -143,16 +143,21 @@ def test_shufflenet_branch_convs_are_searchable_but_the_shuffled_streams_are_not
     assert _group("shufflenet_v2_x1_0", "conv1.0.out").searchable  # stem feeds both stride-2 branches
 
 
-def test_vit_mlp_hidden_is_searchable_and_attention_is_frozen():
+def test_vit_mlp_hidden_and_heads_are_searchable():
     _, result = analyzed("vit_b_16")
     for i in range(12):
-        hidden = result.report.group_of(f"encoder.layers.encoder_layer_{i}.mlp.0.out")
+        block = f"encoder.layers.encoder_layer_{i}"
+        hidden = result.report.group_of(f"{block}.mlp.0.out")
         assert hidden.searchable and hidden.width == 3072
-        assert f"encoder.layers.encoder_layer_{i}.mlp.3.in" in hidden.members
+        assert f"{block}.mlp.3.in" in hidden.members
+        # nn.MultiheadAttention: 12 heads of 64 features in its q/k/v rows and its output projection's columns
+        heads = result.report.group_of(f"{block}.self_attention.qkv")
+        assert heads.searchable and heads.width == 12
+        assert {f"{block}.self_attention.heads(x64)", f"{block}.self_attention.out_proj.in(x64)"} <= set(heads.members)
+        (qkv,) = [b for b in result.structure.bindings_of(f"{block}.self_attention") if b.role == "qkv"]
+        assert [(s.group, s.repeat) for s in qkv.segments] == [(heads.id, 64)] * 3
     ln1 = result.report.group_of("encoder.layers.encoder_layer_0.ln_1.features")
-    assert not ln1.searchable and any("MultiheadAttention" in r for r in ln1.reasons)
-    frozen = {f.module: f.reason for f in result.structure.frozen}
-    assert "inside opaque module" in frozen["encoder.layers.encoder_layer_0.self_attention.out_proj"]
+    assert "encoder.layers.encoder_layer_0.self_attention.in" in ln1.members  # the stream flows into it
     assert [d.module for d in result.structure.depth] == ["encoder.layers"]
 
 
@@ -167,12 +172,17 @@ def test_convnext_stream_is_searchable_with_its_layer_scales_and_channels_last_n
     assert "features.4.0.features" in stream.members  # the downsampling LayerNorm2d
 
 
-def test_swin_mlp_is_searchable_and_functional_attention_weights_are_frozen():
+def test_swin_mlp_heads_and_last_stream_are_searchable():
     hidden = _group("swin_t", "features.1.0.mlp.0.out")
     assert hidden.searchable and "features.1.0.mlp.3.in" in hidden.members
-    frozen = {f.module: f.reason for f in analyzed("swin_t")[1].structure.frozen}
-    assert "used directly" in frozen["features.1.0.attn.qkv"]
-    assert "used directly" in frozen["features.1.0.attn.proj"]
+    # ShiftedWindowAttention: heads in qkv's rows (3 pieces), proj's columns and the bias table's columns
+    heads = _group("swin_t", "features.7.1.attn.heads")
+    assert heads.searchable and heads.width == 24
+    assert {"features.7.1.attn.qkv.out[1/3](x32)", "features.7.1.attn.proj.in(x32)"} <= set(heads.members)
+    assert _group("swin_t", "features.7.1.attn.qkv.in").searchable  # the last stage's stream
+    # traced without an example, the (fx-wrapped) patch merging stays opaque for the other streams
+    stream = _group("swin_t", "features.1.0.attn.qkv.in")
+    assert not stream.searchable and any("_patch_merging_pad" in r for r in stream.reasons)
 
 
 def test_squeezenet_fire_concat():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fnmatch
 import logging
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NoReturn, cast
@@ -176,13 +177,16 @@ def _positive_int(rule: Mapping[str, Any], key: str, where: str, default: int) -
 
 
 def _group_hparam(
-    gid: int, size: int, reason: str, members: list[tuple[Binding, nn.Module]], rule_of: dict[str, Any]
+    gid: int, size: int, reason: str, members: list[tuple[Binding, nn.Module, int]], rule_of: dict[str, Any]
 ) -> tuple[Hparam, str]:
+    """The hparam of one channel group; ``members``: ``(binding, module, repeat)`` per segment of the group."""
     reasons = [reason] if reason else []
     allowed: set[int] | None = None
     multiples: set[int] = set()
     sortable = True
-    for b, m in members:
+    # features per channel wherever the group lives (attention heads: head_dim; 1 for plain channels)
+    unit = math.gcd(*(r for b, _, r in members if not is_follower(b.role) and (b.role in ROLES or r > 1)))
+    for b, m, repeat in members:
         if is_follower(b.role):
             continue  # a tensor or attribute follows the group's layers: it adds no rule and no constraint
         dyn, record = _dynamic_class(m), LAYERS.layer_type(m, verified=True)
@@ -195,6 +199,8 @@ def _group_hparam(
         sortable = sortable and spec.sortable
         if spec.multiple_of > 1:
             multiples.add(spec.multiple_of)
+        if b.role not in ROLES and repeat == 1:
+            continue  # a composite layer's own dim with one entry per channel (a per-head table) is no width
         rule = rule_of[b.module]
         if rule is None:
             reasons.append(f"{b.module} is frozen by the rules")
@@ -204,6 +210,8 @@ def _group_hparam(
         if ratios is None:
             continue
         divisor = max(1, _positive_int(rule, divisor_key, b.module, 1))
+        # the divisor counts features: where every channel is ``unit`` features (a head), fewer channels do
+        divisor //= math.gcd(divisor, unit or 1)
         # Optional rule key (FastNAS): a narrow group keeps at least this many multiples of the
         # divisor, which is halved until it does (divisor 32 would leave a 32-wide layer one width).
         min_steps = _positive_int(rule, "min_width_steps", b.module, 0)
@@ -231,7 +239,10 @@ def _head_name(entries: list[tuple[Binding, int, int]]) -> str | None:
     """``<attention module>.heads`` (or ``.kv_heads`` for grouped-query attention) for a group whose every
     layer member spans several features per channel: attention heads of ``head_dim`` features."""
     layers = [(b, b.segments[i].repeat) for b, i, _ in entries if not is_follower(b.role)]
-    if not layers or any(r == 1 for _, r in layers) or any(b.role == "features" for b, _ in layers):
+    # a composite layer's own per-head tensor (a relative position bias table: one entry per head) may
+    # have one feature per channel; the layer roles must all span several
+    spanning = [(b, r) for b, r in layers if r > 1 or b.role in ROLES]
+    if not spanning or any(r == 1 for _, r in spanning) or any(b.role == "features" for b, _ in layers):
         return None
     parts = [b.module.split(".") for b, _ in layers]
     common = []
@@ -239,9 +250,9 @@ def _head_name(entries: list[tuple[Binding, int, int]]) -> str | None:
         if len(set(names)) != 1:
             break
         common.append(names[0])
-    if len(common) == min(len(p) for p in parts):  # the members are not inside one module
+    if len({b.module for b, _ in layers}) == 1:  # one module (a fused projection): name its parent
         common = common[:-1]
-    repeats = {r for _, r in layers}
+    repeats = {r for _, r in spanning}
     return _qualified(".".join(common), "heads" if len(repeats) == 1 else "kv_heads")
 
 
@@ -327,7 +338,7 @@ def build(model: nn.Module, structure: SpaceStructure, rules: RulesFn, *, unifor
             gid,
             g.size,
             "" if g.searchable else (g.reason or "frozen by the analysis"),
-            [(b, modules[b.module]) for b, _, _ in entries],
+            [(b, modules[b.module], b.segments[i].repeat) for b, i, _ in entries],
             rule_of,
         )
         group_hp[gid] = hp
@@ -337,7 +348,10 @@ def build(model: nn.Module, structure: SpaceStructure, rules: RulesFn, *, unifor
             continue
         b, i, _ = min(entries, key=lambda e: (_priority(e[0].role), order[e[0].module], e[1]))
         dyn = None if is_follower(b.role) else _dynamic_class(modules[b.module])
-        attr = dyn.dynamic_roles.get(b.role, b.role) if dyn is not None else b.role.split(":", 1)[1]
+        if dyn is not None:
+            attr = dyn.dynamic_roles.get(b.role, b.role)
+        else:  # a follower's tensor/attribute name, or the role of a module without a dynamic class
+            attr = b.role.split(":", 1)[1] if is_follower(b.role) else b.role
         name = _head_name(entries) or _qualified(b.module, attr) + (f".{i}" if len(b.segments) > 1 else "")
         named.append(((order[b.module], 1, _priority(b.role), i), name, hp, reason))
 

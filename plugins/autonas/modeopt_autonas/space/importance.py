@@ -2,7 +2,8 @@
 
 The default importance of a channel group is the L1 norm of each channel's slice of every producing
 weight (each producer normalised by its largest channel, then summed). Groups without producers fall
-back to their norm layers' affine weights, then to their consumers' input slices. Reordering permutes
+back to their norm layers' affine weights, then to the weights of a composite layer's own dims (the
+q/k/v rows of an attention's heads), then to their consumers' input slices. Reordering permutes
 every tensor bound to the group (producer outputs, biases, norm parameters and running stats,
 consumer inputs, concat segments, flatten repeat blocks) by the same permutation, so the model
 computes the same function; the active channels of any subnet are then the first ``k`` (contiguous
@@ -16,6 +17,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from .errors import SubnetConfigError
+from .structure import is_follower
 
 if TYPE_CHECKING:
     from .search_space import SearchSpace
@@ -32,7 +34,9 @@ def channel_importance(space: SearchSpace, group_id: int) -> torch.Tensor | None
     """Per-channel importance of channel group ``group_id`` (float64), or None when nothing scores it."""
     dynamic = space.dynamic_modules()
     members = space.members(group_id)
-    for role in ("out", "features", "in"):
+    # producers first, then norms, then a composite layer's own dims (attention heads), then consumers
+    own = sorted({m.role for m in members if m.role not in ("out", "features", "in") and not is_follower(m.role)})
+    for role in ("out", "features", *own, "in"):
         total = None
         for mem in members:
             module = dynamic.get(mem.module)

@@ -9,14 +9,16 @@ types through the ``modeopt_autonas_register_layers`` hook.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 from torch import nn
 
 __all__ = [
     "LAYERS",
     "RULE_KEYS",
+    "InternalDim",
+    "LayerCall",
     "LayerRegistry",
     "LayerSpec",
     "LayerType",
@@ -27,6 +29,42 @@ __all__ = [
     "layer_norm_spec",
     "linear_spec",
 ]
+
+
+@dataclass(frozen=True)
+class InternalDim:
+    """A channel dim a layer makes and uses up inside itself (attention heads): neither its input nor its
+    output carries it, so only the layer's own tensors (and those of child layers it uses) shrink with it.
+
+    Attributes:
+        size: its width in channels (``num_heads``).
+        roles: ``(role, pieces, repeat)`` per module dim tied to it: that dim is ``pieces`` consecutive
+            copies of the group, each channel spanning ``repeat`` features. E.g. a packed q/k/v
+            projection ``("qkv", 3, head_dim)``, the output projection's input ``("out_proj.in", 1,
+            head_dim)``, a per-head bias table ``("heads", 1, 1)``. ``"<child>.<role>"`` is a role of the
+            child module ``<child>`` (a registered layer whose weights the layer uses).
+        sortable: whether its channels may be reordered by importance (whole heads).
+    """
+
+    size: int
+    roles: tuple[tuple[str, int, int], ...]
+    sortable: bool = True
+
+
+@dataclass(frozen=True)
+class LayerCall:
+    """One call of a layer as the analysis sees it (the argument of :attr:`LayerSpec.check_call`).
+
+    Attributes:
+        shapes: the shape of each tensor argument on the example input, by ``forward`` parameter name
+            (None where unknown: traced without an example).
+        literals: the value of each non-tensor argument given in the call (defaults are not listed).
+        used_items: for a layer returning a tuple, the indices of the items the traced code uses.
+    """
+
+    shapes: dict[str, tuple[int, ...] | None] = field(default_factory=dict)
+    literals: dict[str, Any] = field(default_factory=dict)
+    used_items: frozenset[int] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -48,6 +86,23 @@ class LayerSpec:
             GroupNorm, where reordering would mix groups).
         frozen_reason: non-empty when this instance cannot change width at all (e.g. a grouped
             conv with in != out); the analysis then freezes every group touching it.
+
+    A *composite* producer (attention) also sets ``inputs`` and describes its own flow:
+
+    Attributes:
+        inputs: ``(forward parameter, role)`` per channel-carrying input, e.g. ``(("query", "in"),
+            ("key", "in"), ("value", "in"))``: several inputs bound to one role are tied.
+        output: the role the output's channels are bound to (``"out_proj.out"``: a child's role).
+        widths: ``(role, width)`` of every input role and of ``output``.
+        internal: the dims the layer makes and uses up itself (:class:`InternalDim`).
+        tuple_output: ``(item, items)`` when ``forward`` returns a tuple whose item ``item`` holds the
+            channels (``nn.MultiheadAttention`` returns ``(output, weights)``: ``(0, 2)``).
+        check_call: ``check_call(call) -> reason``: why one call (see :class:`LayerCall`) does not let
+            the internal dims change (e.g. a mask with one entry per head); ``""`` when it does.
+        fused_parents: parent classes whose own forward may bypass this layer with a fused kernel that
+            reads its widths as one (torch's ``nn.TransformerEncoderLayer`` reads its attention's
+            ``embed_dim`` and ``num_heads``): inside them each internal dim keeps the width of the first
+            input (head count x head size == the input's width).
     """
 
     kind: str
@@ -56,6 +111,18 @@ class LayerSpec:
     multiple_of: int = 1
     sortable: bool = True
     frozen_reason: str = ""
+    inputs: tuple[tuple[str, str], ...] = ()
+    output: str = "out"
+    widths: tuple[tuple[str, int], ...] = ()
+    internal: tuple[InternalDim, ...] = ()
+    tuple_output: tuple[int, int] | None = None
+    check_call: Callable[[LayerCall], str] | None = None
+    fused_parents: tuple[type[nn.Module], ...] = ()
+
+    @property
+    def composite(self) -> bool:
+        """Whether the spec describes its own flow (``inputs``, ``internal`` dims, child roles)."""
+        return bool(self.inputs)
 
 
 def conv_spec(m: nn.Module) -> LayerSpec:

@@ -12,18 +12,25 @@ FLOPs inside every module. Afterwards a query needs no model run:
 * dropped blocks (elastic depth) remove their whole measured FLOPs and parameters; everything else is
   a constant.
 
+* a dynamic layer whose FLOPs are a sum of parts that scale differently (attention: projections scale
+  with heads x width, the attention matmuls with the heads alone) names the parts itself
+  (``dynamic_flops_terms``); they are checked against the measured FLOPs.
+
 FLOPs follow ``FlopCounterMode``'s definitions (matmuls, convolutions, attention; norms count zero).
-Its CPU attention kernel has no formula in torch, so one is registered when this module is imported
-(the same as for the other attention kernels). The measuring forward runs under ``no_grad`` (as a
-user's count would), or with autograd on where ``FlopCounterMode`` fails under ``no_grad`` (views of
-parameters passed between modules).
+Its CPU attention kernel and ``nn.MultiheadAttention``'s fused inference kernel have no formula in
+torch, so ones are registered when this module is imported (the same as for the other attention
+kernels). The measuring forward runs under ``no_grad`` (as a user's count would), or with autograd on
+where ``FlopCounterMode`` fails under ``no_grad`` (views of parameters passed between modules), and with
+torch's fused attention fast paths off, so that FLOPs are attributed to the modules that compute them
+(``nn.TransformerEncoderLayer``'s fused kernel bypasses its submodules and has no formula at all).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -31,7 +38,7 @@ from torch import nn
 from torch.utils import flop_counter
 from torch.utils.flop_counter import FlopCounterMode
 
-from .dynamic import DimBinding, DynamicBlock, DynamicModule, DynamicSequential, DynamicTensors
+from .dynamic import DimBinding, DynamicBlock, DynamicModule, DynamicSequential, DynamicTensors, FlopsTerm
 from .errors import HparamValueError, SubnetConfigError
 from .hparam import Hparam
 
@@ -53,15 +60,42 @@ def _inside(name: str, block: str) -> bool:
 
 
 def register_attention_flops() -> None:
-    """Teach ``FlopCounterMode`` the CPU attention kernel (torch registers only the CUDA ones)."""
+    """Teach ``FlopCounterMode`` the CPU attention kernel (torch registers only the CUDA ones) and the fused
+    kernel of ``nn.MultiheadAttention``'s inference fast path (no formula in torch: it counted zero)."""
     op = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
-    if op is None or op in flop_counter.flop_registry:
-        return
+    if op is not None and op not in flop_counter.flop_registry:
 
-    @flop_counter.register_flop_formula(op)
-    def _cpu_sdpa(query: Any, key: Any, value: Any, *args: Any, out_shape: Any = None, **kwargs: Any) -> int:
-        # shapes (get_raw=False): the same count as the CUDA kernels (two matmuls per head)
-        return int(flop_counter.sdpa_flop_count(query, key, value))
+        @flop_counter.register_flop_formula(op)
+        def _cpu_sdpa(query: Any, key: Any, value: Any, *args: Any, out_shape: Any = None, **kwargs: Any) -> int:
+            # shapes (get_raw=False): the same count as the CUDA kernels (two matmuls per head)
+            return int(flop_counter.sdpa_flop_count(query, key, value))
+
+    mha = getattr(torch.ops.aten, "_native_multi_head_attention", None)
+    if mha is not None and mha not in flop_counter.flop_registry:
+
+        @flop_counter.register_flop_formula(mha)
+        def _fused_mha(query: Any, key: Any, value: Any, embed_dim: int, num_heads: int, qkv_weight: Any,
+                       qkv_bias: Any, proj_weight: Any, *args: Any, out_shape: Any = None, **kwargs: Any) -> int:
+            # the matmuls of the slow path: q, k, v projections, q @ k^T and weights @ v, output projection
+            (batch, length, width), source = query, key[1]
+            inner = qkv_weight[0] // 3
+            projections = 2 * batch * (length + 2 * source) * width * inner + 2 * batch * length * inner * proj_weight[0]
+            return int(projections + 4 * batch * length * source * inner)
+
+
+@contextlib.contextmanager
+def _unfused_attention() -> Iterator[None]:
+    """Torch's fused attention fast paths off (``nn.MultiheadAttention``, ``nn.TransformerEncoderLayer``)."""
+    backend = getattr(torch.backends, "mha", None)
+    if backend is None:
+        yield
+        return
+    enabled = backend.get_fastpath_enabled()
+    backend.set_fastpath_enabled(False)
+    try:
+        yield
+    finally:
+        backend.set_fastpath_enabled(enabled)
 
 
 register_attention_flops()  # so that every FlopCounterMode after importing the space counts attention
@@ -98,7 +132,7 @@ class SubnetProfiler:
         try:
             model.eval()
             space.sample("max")
-            direct, total = self._direct_flops(model, set(leaves), args, kwargs)
+            direct, total, terms = self._direct_flops(model, set(leaves), args, kwargs, leaves)
             powers = self._probe(space, model, set(leaves), direct, args, kwargs)
         finally:
             for m, flag in training.items():
@@ -114,6 +148,8 @@ class SubnetProfiler:
         self._flop_terms: list[tuple[int, int, _Size, _Conds]] = []
         for name, flops in direct.items():
             if not flops:
+                continue
+            if name in terms and self._add_terms(name, flops, terms[name], conds(name)):
                 continue
             leaf = leaves.get(name)
             tname = type(leaf).dynamic_flops_tensor if leaf is not None else None
@@ -146,13 +182,31 @@ class SubnetProfiler:
                     self._param_terms.append((size, c))
         self._exprs = sorted(self._width_ids, key=self._width_ids.__getitem__)
 
+    def _add_terms(self, name: str, flops: int, terms: list[FlopsTerm], conds: _Conds) -> bool:
+        """Count a layer's measured FLOPs by the terms it names; False (after a warning) when they disagree."""
+        named = sum(f for f, _ in terms)
+        if named != flops:
+            _log.warning("FLOPs terms of %s add up to %d, but %d were measured; scaling them with its weight",
+                         name, named, flops)
+            return False
+        for f, factors in terms:
+            full = 1
+            for factor in factors:
+                full *= factor.full if isinstance(factor, DimBinding) else (
+                    factor.original if isinstance(factor, Hparam) else int(factor))
+            self._flop_terms.append((f, full, self._size(factors), conds))
+        return True
+
     # ---- measuring --------------------------------------------------------------------------------
     @staticmethod
     def _direct_flops(
-        model: nn.Module, leaves: set[str], args: Sequence[Any], kwargs: Mapping[str, Any]
-    ) -> tuple[dict[str, int], int]:
-        """FLOPs each module computes itself (a dynamic leaf: everything inside it) and the total."""
+        model: nn.Module, leaves: set[str], args: Sequence[Any], kwargs: Mapping[str, Any],
+        termed: Mapping[str, nn.Module] | None = None,
+    ) -> tuple[dict[str, int], int, dict[str, list[FlopsTerm]]]:
+        """FLOPs each module computes itself (a dynamic leaf: everything inside it) and the total; and, for the
+        modules of ``termed`` that name their FLOPs terms, those terms of every call."""
         inclusive: dict[str, int] = {}
+        terms: dict[str, list[FlopsTerm]] = {}
         counter = FlopCounterMode(display=False)
         handles = []
         named = list(model.named_modules())
@@ -170,19 +224,31 @@ class SubnetProfiler:
             handles.append(module.register_forward_pre_hook(pre))
             handles.append(module.register_forward_hook(post))
 
+        def record_terms(name: str, module: DynamicModule) -> None:
+            def pre(_m: Any, a: tuple[Any, ...], kw: dict[str, Any]) -> None:
+                found = module.dynamic_flops_terms(a, kw)
+                if found is not None:
+                    terms.setdefault(name, []).extend(found)
+
+            handles.append(module.register_forward_pre_hook(pre, with_kwargs=True))
+
         for name, module in named:
             if name and name not in inside_leaf:
                 hooks(name, module)
+        for name, module in (termed or {}).items():
+            if isinstance(module, DynamicModule) and name not in inside_leaf:
+                record_terms(name, module)
         try:
             try:
-                with torch.no_grad(), counter:
+                with torch.no_grad(), _unfused_attention(), counter:
                     model(*args, **kwargs)
             except (AssertionError, RuntimeError):
                 # FlopCounterMode's module tracker can fail under no_grad (a no-grad view of a parameter
                 # passed to a submodule, e.g. CaiT's class token): count with autograd on instead
                 inclusive.clear()
+                terms.clear()
                 counter = FlopCounterMode(display=False)
-                with torch.enable_grad(), counter:
+                with torch.enable_grad(), _unfused_attention(), counter:
                     model(*args, **kwargs)
         finally:
             for h in handles:
@@ -194,7 +260,7 @@ class SubnetProfiler:
                 parent = parent.rpartition(".")[0]
             if parent:
                 direct[parent] -= inclusive[name]
-        return direct, counter.get_total_flops()
+        return direct, counter.get_total_flops(), terms
 
     def _probe(
         self, space: SearchSpace, model: nn.Module, leaves: set[str], direct: dict[str, int],
@@ -212,7 +278,7 @@ class SubnetProfiler:
                 continue
             space.sample("max")
             space.select({name: hp.min}, strict=False)
-            probed, _ = self._direct_flops(model, leaves, args, kwargs)
+            probed, _, _ = self._direct_flops(model, leaves, args, kwargs)
             ratio_w = hp.min / hp.max
             for op, flops in ops.items():
                 got = probed.get(op, 0)

@@ -83,7 +83,7 @@ class DepthRule(_Rule):
 
 
 _CONVS = tuple(t.rule_alias for t in BUILTIN_LAYER_TYPES if t.rules == "channels" and t.module_class is not nn.GroupNorm)
-_FEATURES = tuple(t.rule_alias for t in BUILTIN_LAYER_TYPES if t.rules == "features")
+_FEATURES = tuple(dict.fromkeys(t.rule_alias for t in BUILTIN_LAYER_TYPES if t.rules == "features"))
 
 
 class NASRuleConfig(RuleConfig):

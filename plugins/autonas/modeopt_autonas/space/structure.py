@@ -16,22 +16,24 @@ from typing import Any
 #:  - ``"in"``: input channels/features (conv ``weight`` dim 1 / transposed conv dim 0, linear dim 1).
 #:  - ``"features"``: the single channel dim of a norm layer (BN/IN ``num_features``, LayerNorm last
 #:    dim, GroupNorm ``num_channels``); it is both consumed and produced.
-#: Besides these, a role ``"tensor:<name>"`` ties one tensor of any module (a layer scale ``gamma``, a
-#: per-channel bias) to a group: the binding's ``tensors`` say which dim of it is sliced; and a role
-#: ``"attr:<name>"`` makes an int attribute of any module (``num_heads``, ``split_size``) follow the
-#: width of its segments.
+#: A composite layer (attention) also has dims of its own, named by its dynamic class (``"qkv"``,
+#: ``"heads"``, ``"key"``: identifiers). Besides these, a role ``"tensor:<name>"`` ties one tensor of any
+#: module (a layer scale ``gamma``, a per-channel bias) to a group: the binding's ``tensors`` say which
+#: dim of it is sliced; and a role ``"attr:<name>"`` makes an int attribute of any module (``num_heads``,
+#: ``split_size``) follow the width of its segments.
 ROLES = ("out", "in", "features")
 TENSOR_ROLE_PREFIX = "tensor:"
 ATTR_ROLE_PREFIX = "attr:"
 
-STRUCTURE_VERSION = 2
-#: versions this build reads (1: before tensor roles and extra tensors)
-READABLE_VERSIONS = (1, 2)
+STRUCTURE_VERSION = 3
+#: versions this build reads (1: before tensor roles and extra tensors; 2: before a layer's own roles)
+READABLE_VERSIONS = (1, 2, 3)
 
 
 def is_role(role: str) -> bool:
-    """Whether ``role`` is a layer role or a well-formed tensor role."""
-    return role in ROLES or any(
+    """Whether ``role`` is a layer role (a standard one or an identifier a composite layer names) or a
+    well-formed tensor or attribute role."""
+    return role.isidentifier() or any(
         role.startswith(prefix) and len(role) > len(prefix) for prefix in (TENSOR_ROLE_PREFIX, ATTR_ROLE_PREFIX)
     )
 
@@ -149,8 +151,8 @@ class SpaceStructure:
         for b in data["bindings"]:
             if not is_role(b["role"]):
                 raise ValueError(
-                    f"binding for {b['module']!r} has unknown role {b['role']!r}; expected one of {ROLES} or "
-                    f"'{TENSOR_ROLE_PREFIX}<name>'"
+                    f"binding for {b['module']!r} has unknown role {b['role']!r}; expected one of {ROLES}, a "
+                    f"layer's own role (an identifier) or '{TENSOR_ROLE_PREFIX}<name>'"
                 )
             tensors = tuple((str(name), int(dim)) for name, dim in b.get("tensors", ()))
             bindings.append(

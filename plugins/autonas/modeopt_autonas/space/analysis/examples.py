@@ -10,6 +10,9 @@ from torch import nn
 __all__ = ["example_input"]
 
 _TOKENS = 8  # tokens of a built example sequence: enough for every attention path, cheap to run
+#: torchvision's Swin takes any image size (its windows pad); its channel flow does not depend on the size,
+#: and 64 px (16 x 16 patches, a 2 x 2 map in the last stage) is cheap to run
+_SWIN_SIDE = 64
 
 
 def _image_side(size: Any) -> int | None:
@@ -26,7 +29,7 @@ def example_input(model: nn.Module) -> Any:
     - Hugging Face models: ``input_ids`` of 8 tokens (token ids below the vocabulary size) for text
       models, ``pixel_values`` at ``config.image_size`` for vision models (by ``main_input_name``);
     - timm and torchvision vision transformers: an image at the size their patch embedding was built
-      for (``patch_embed.img_size``, torchvision's ``image_size``).
+      for (``patch_embed.img_size``, torchvision's ``image_size``); torchvision's Swin (any size): 64 px.
 
     Other models get None: they are traced symbolically unless the caller passes a ``dummy_input``.
     """
@@ -47,6 +50,8 @@ def example_input(model: nn.Module) -> Any:
     side = _image_side(getattr(patch, "img_size", None)) if patch is not None else None
     if side is None and type(model).__module__.startswith("torchvision.models.vision_transformer"):
         side = _image_side(getattr(model, "image_size", None))
+    if side is None and type(model).__module__.startswith("torchvision.models.swin_transformer"):
+        side = _SWIN_SIDE
     if side is None:
         return None
     channels = int(getattr(patch, "in_chans", 3) or 3) if patch is not None else 3

@@ -29,6 +29,7 @@ __all__ = [
     "SPATIAL_FUNCTIONS",
     "SPATIAL_MODULES",
     "STATIC_MODULES",
+    "TRACED_THROUGH",
     "elementwise_modules",
     "is_known_leaf",
     "is_static_function",
@@ -188,6 +189,11 @@ FUNCTIONAL_LAYERS: dict[Callable[..., Any], tuple[str, dict[str, int]]] = {
 }
 if hasattr(F, "rms_norm"):
     FUNCTIONAL_LAYERS[F.rms_norm] = ("layer_norm_spec", {"weight": 2})
+
+#: Functions wrapped for ``torch.fx`` (``torch.fx.wrap``) that a trace with values follows inside, by
+#: (module, name): they are wrapped only for their shape arithmetic, which such a trace runs for real.
+#: Swin's patch merging concatenates four spatial copies of the channels (a wrapped call would freeze them).
+TRACED_THROUGH: tuple[tuple[str, str], ...] = (("torchvision.models.swin_transformer", "_patch_merging_pad"),)
 
 #: Modules that need no special casing beyond "known leaf" (handled explicitly by the propagation).
 STATIC_MODULES: tuple[type[nn.Module], ...] = (nn.Flatten, nn.PReLU)

@@ -48,8 +48,8 @@ from typing import Any
 import torch
 from torch import fx, nn
 
-from ..layers import LayerRegistry
-from . import dispatch, layout
+from ..layers import LayerRegistry, LayerSpec
+from . import composite, dispatch, layout
 from .groups import GroupTable
 from .ops import (
     META_ATTRS,
@@ -274,6 +274,9 @@ class _GraphPass:
         if glob is not None:
             return self._opaque_module(node, name, f"user leaf module {name} (glob {glob!r})")
         if self.ctx.layers.lookup_class(type(module)) is not None:
+            spec = self._composite_spec(module)
+            if spec is not None:
+                return composite.composite_layer(self, node, name, module, spec)
             for v in extra:
                 self.freeze(v, f"passed as an extra argument to {name}")
             return self._layer(node, name, module, x)
@@ -291,6 +294,15 @@ class _GraphPass:
         if isinstance(module, nn.Flatten) and module_class_in(module, (nn.Flatten,)):
             return layout.flatten(self.freeze, x, module.start_dim, module.end_dim, desc)
         return self._opaque_module(node, name, f"opaque module {desc}")
+
+    def _composite_spec(self, module: nn.Module) -> LayerSpec | None:
+        """The spec of a layer that describes its own flow (attention), else None (also when it fails:
+        ``_layer`` reports that)."""
+        try:
+            spec = self.ctx.layers.spec(module)
+        except Exception:
+            return None
+        return spec if spec is not None and spec.composite else None
 
     def _opaque_module(self, node: fx.Node, name: str, what: str) -> Value:
         self.ctx.opaque.setdefault(name, what)

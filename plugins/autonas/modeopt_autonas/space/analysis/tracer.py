@@ -18,7 +18,8 @@ from typing import Any
 import torch
 from torch import fx, nn
 
-from .value_tracer import Example, ValueTracer, bind_example, capture_inputs, preserved_state
+from .ops import TRACED_THROUGH
+from .value_tracer import Example, ValueTracer, bind_example, capture_inputs, preserved_state, unwrapped
 
 __all__ = ["ModuleCall", "TraceResult", "TracedGraph", "trace_model"]
 
@@ -198,7 +199,9 @@ def _trace_one(
         )
         tracer.inputs = inputs
         try:
-            with preserved_state(module) if example is not None else contextlib.nullcontext():
+            with preserved_state(module) if example is not None else contextlib.nullcontext(), (
+                unwrapped(TRACED_THROUGH) if example is not None else contextlib.nullcontext()
+            ):
                 graph = tracer.trace(module, concrete_args=concrete or None)
         except Exception as exc:
             owner, error = tracer.failure if tracer.failure else (scope, exc)

@@ -16,14 +16,16 @@ from __future__ import annotations
 import contextlib
 import inspect
 import operator
+import sys
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import torch
 from torch import fx, nn
+from torch.fx import _symbolic_trace
 from torch.fx._symbolic_trace import _orig_module_call
 
-__all__ = ["SHAPE_KEY", "Example", "ValueTracer", "bind_example", "capture_inputs", "preserved_state"]
+__all__ = ["SHAPE_KEY", "Example", "ValueTracer", "bind_example", "capture_inputs", "preserved_state", "unwrapped"]
 
 SHAPE_KEY = "modeopt_shape"
 #: positional and keyword arguments of one call
@@ -228,3 +230,20 @@ def capture_inputs(model: nn.Module, example: Example, names: set[str]) -> dict[
         for h in handles:
             h.remove()
     return seen
+
+
+@contextlib.contextmanager
+def unwrapped(functions: tuple[tuple[str, str], ...]) -> Iterator[None]:
+    """Let traces in the block go inside the ``torch.fx``-wrapped functions ``(module, name)`` (of modules
+    already loaded), which are otherwise recorded as one opaque call."""
+    table: dict[Any, Any] = getattr(_symbolic_trace, "_wrapped_fns_to_patch", {})
+    removed = {}
+    for module_name, name in functions:
+        module = sys.modules.get(module_name)
+        key = (id(module.__dict__), name) if module is not None else None
+        if key is not None and key in table:
+            removed[key] = table.pop(key)
+    try:
+        yield
+    finally:
+        table.update(removed)

@@ -25,7 +25,7 @@ from ..layers import (
     layer_norm_spec,
     linear_spec,
 )
-from .base import DimBinding, DynamicModule, attr_view, buffer_view, dynamic_class_for, param_view
+from .base import DimBinding, DynamicModule, FlopsTerm, attr_view, buffer_view, dynamic_class_for, param_view
 from .conv import (
     DynamicConv1d,
     DynamicConv2d,
@@ -36,6 +36,7 @@ from .conv import (
     kernel_size_choices,
 )
 from .linear import DynamicEmbedding, DynamicLinear
+from .mha import DynamicMultiheadAttention, PrunedMultiheadAttention, mha_spec
 from .norm import (
     DynamicBatchNorm1d,
     DynamicBatchNorm2d,
@@ -57,6 +58,8 @@ __all__ = [
     "DynamicModule",
     "DynamicSequential",
     "DynamicTensors",
+    "FlopsTerm",
+    "PrunedMultiheadAttention",
     "attr_view",
     "buffer_view",
     "dynamic_class_for",
@@ -93,6 +96,8 @@ BUILTIN_LAYER_TYPES: tuple[LayerType, ...] = (
     ),
     LayerType(nn.LayerNorm, layer_norm_spec, DynamicLayerNorm, rules="features"),
     LayerType(nn.GroupNorm, group_norm_spec, DynamicGroupNorm, rules="channels"),
+    # heads and the embedding width follow the rules of its projections (Linear)
+    LayerType(nn.MultiheadAttention, mha_spec, DynamicMultiheadAttention, rules="features", rule_alias="nn.Linear"),
 )
 """The layer types the search space supports out of the box (their ``rule_alias`` are the configs' keys)."""
 for _record in BUILTIN_LAYER_TYPES:

@@ -19,7 +19,15 @@ from torch import nn
 from ..errors import DynamicAttributeError
 from ..hparam import _EPOCH, Hparam
 
-__all__ = ["DimBinding", "DynamicModule", "attr_view", "buffer_view", "dynamic_class_for", "param_view"]
+__all__ = [
+    "DimBinding",
+    "DynamicModule",
+    "FlopsTerm",
+    "attr_view",
+    "buffer_view",
+    "dynamic_class_for",
+    "param_view",
+]
 
 #: A module dimension's index: None (full), a contiguous slice, or a gather index.
 DimIndex = slice | torch.Tensor | None
@@ -56,6 +64,11 @@ class DimBinding:
         if all(e - s == hp.original * r for (s, e), (hp, r) in zip(ranges[:-1], self.segments[:-1])):
             return slice(0, ranges[-1][1])
         return torch.cat([torch.arange(s, e, device=device) for s, e in ranges])
+
+
+#: One part of a layer's FLOPs: ``(flops at the max subnet, factors it is proportional to)``, each factor a
+#: constant, a role's ``DimBinding`` or an ``Hparam`` (see ``DynamicModule.dynamic_flops_terms``).
+FlopsTerm = tuple[int, Sequence["int | DimBinding | Hparam"]]
 
 
 class _TensorIndex:
@@ -179,8 +192,11 @@ class DynamicModule(nn.Module):
     * ``dynamic_attrs(widths)``: the active values of the attributes exposed through :func:`attr_view`,
       given the active width of each bound role (originals via :meth:`dynamic_original`);
     * optionally ``dynamic_channel_weight(role)`` (the tensor dim that scores a role's channels for
-      importance sorting), ``dynamic_after_export(attrs)`` (fix plain attributes after export) and
-      ``dynamic_flops_tensor`` (the tensor the layer's FLOPs are proportional to; None: constant).
+      importance sorting), ``dynamic_after_export(attrs)`` (fix plain attributes after export),
+      ``dynamic_export_class(attrs)`` (the class it becomes on export, when its own class cannot
+      represent the subnet), ``dynamic_flops_tensor`` (the tensor the layer's FLOPs are proportional
+      to; None: constant) or, for layers whose FLOPs are a sum of differently scaling parts (attention),
+      ``dynamic_flops_terms(args, kwargs)``.
 
     Tensors named in the layout are exposed through :func:`param_view` / :func:`buffer_view`
     properties declared on the dynamic class. Everything named ``_dyn_*`` is internal.
@@ -256,6 +272,24 @@ class DynamicModule(nn.Module):
 
     def dynamic_after_export(self, attrs: dict[str, Any]) -> None:
         """Fix derived plain attributes after export (e.g. conv padding caches); ``attrs`` as exported."""
+
+    def dynamic_export_class(self, attrs: dict[str, Any]) -> type[nn.Module]:
+        """The class this module becomes on export (``attrs``: the exported attribute values). Default: its
+        original class; a layer whose class cannot describe every subnet returns a subclass of it that
+        can (``nn.MultiheadAttention`` with fewer heads than ``embed_dim / head_dim``)."""
+        return self.__dict__["_dyn_original_cls"]
+
+    def dynamic_flops_terms(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[FlopsTerm] | None:
+        """The FLOPs of one call with these arguments at the max subnet, as terms that scale differently, or
+        None (FLOPs proportional to ``dynamic_flops_tensor``).
+
+        Each term is ``(flops, factors)``: its FLOPs at the max subnet and what they are proportional to,
+        each factor a constant, a role's :class:`DimBinding` or an :class:`Hparam` (a subnet's term is
+        ``flops * prod(active factors) / prod(max factors)``). The profiler checks that the terms add up to
+        what ``FlopCounterMode`` measures, so they must follow its counting (2 FLOPs per multiply-add of
+        every matmul; element-wise ops and normalisations are free).
+        """
+        return None
 
     def _dyn_extra_hparams(self) -> tuple[Hparam, ...]:
         return ()
@@ -367,10 +401,10 @@ class DynamicModule(nn.Module):
                     assert b is not None
                     self._buffers[name] = ix(b).clone()
         fix_plain_attrs = self.dynamic_after_export  # bound now: the class is swapped back below
+        export_cls = self.dynamic_export_class(plan.attrs)
         d = self.__dict__
-        original_cls = d["_dyn_original_cls"]
         for k in [k for k in d if k.startswith("_dyn_")]:
             del d[k]
-        self.__class__ = original_cls
+        self.__class__ = export_cls  # type: ignore[assignment]
         d.update(plan.attrs)
         fix_plain_attrs(plan.attrs)

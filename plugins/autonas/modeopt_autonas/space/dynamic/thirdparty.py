@@ -14,6 +14,7 @@ from torch import nn
 
 from ..layers import LAYERS, LayerSpec, LayerType
 from .base import DynamicModule, attr_view, param_view
+from .window_attention import DynamicWindowAttentionMixin, window_attention_spec
 
 __all__ = ["register_loaded"]
 
@@ -58,3 +59,9 @@ def register_loaded() -> None:
     if conv1d is not None and "transformers.Conv1D" not in _DONE:
         LAYERS.register(LayerType(conv1d, _conv1d_spec, _DynamicConv1DMixin, rules="features", rule_alias="nn.Linear"))
         _DONE.add("transformers.Conv1D")
+    swin = sys.modules.get("torchvision.models.swin_transformer")
+    window = getattr(swin, "ShiftedWindowAttention", None)
+    if isinstance(window, type) and "torchvision.ShiftedWindowAttention" not in _DONE:
+        LAYERS.register(LayerType(window, window_attention_spec, DynamicWindowAttentionMixin, rules="features",
+                                  rule_alias="nn.Linear"))
+        _DONE.add("torchvision.ShiftedWindowAttention")
