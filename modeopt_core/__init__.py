@@ -39,6 +39,7 @@ from .errors import (
     StateError,
 )
 from .hookspecs import hookimpl, hookspec
+from .latency import LatencyStats, LatencyTimer, WallClockTimer, measure_latency
 from .mode import Metadata, ModeDescriptor
 from .plugins import (
     PluginFailure,
@@ -67,6 +68,8 @@ __all__ = [
     "DistributedError",
     "ForwardProfiler",
     "IterativeSearcher",
+    "LatencyStats",
+    "LatencyTimer",
     "Metadata",
     "ModeChainError",
     "ModeConfig",
@@ -82,6 +85,7 @@ __all__ = [
     "RuleConfig",
     "SearchError",
     "StateError",
+    "WallClockTimer",
     "__version__",
     "applied_modes",
     "apply_mode",
@@ -96,6 +100,7 @@ __all__ = [
     "list_plugins",
     "make_forward_loop",
     "make_rule_config",
+    "measure_latency",
     "mode_provider",
     "modeopt_state",
     "plugin_failures",

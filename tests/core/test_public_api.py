@@ -16,6 +16,8 @@ EXPECTED = {
     # searcher base
     "BaseSearcher", "IterativeSearcher", "Constraints", "ConstraintResult", "ModelProfiler", "ForwardProfiler",
     "recalibrate_batchnorm", "make_forward_loop", "CalibrationError",
+    # latency measurement
+    "LatencyStats", "LatencyTimer", "WallClockTimer", "measure_latency",
     # checkpoints
     "save", "restore", "inspect_checkpoint", "CheckpointInfo", "read_state_file", "write_state_file",
     # the plugin author's namespaces
@@ -25,7 +27,8 @@ EXPECTED = {
 SDK = {
     "CONSTRAINT_NAMES", "DEFAULT_MIN_CALIBRATION_BATCHES", "SEARCH_CHECKPOINT_KIND", "ForwardLoop", "SearchConfig",
     "candidate_key", "check_bool", "check_callable", "check_float", "check_int", "check_known_keys", "check_path",
-    "default_collect_func", "progress", "run_with_dummy_input", "unpack_dummy_input",
+    "default_collect_func", "device_name", "model_device", "progress", "run_with_dummy_input", "time_interleaved",
+    "unpack_dummy_input",
 }
 
 DISTRIBUTED = {

@@ -6,6 +6,10 @@ query needs no model run: a conv's or linear's FLOPs are proportional to its wei
 sizes do not change with width or kernel size, as padding keeps the output size), everything outside
 dynamic modules is a constant, and dropped blocks remove their whole measured FLOPs and parameters.
 FLOPs follow ``FlopCounterMode``'s definitions (matmuls and convolutions; norms count zero).
+
+With a :class:`~modeopt_autonas.space.LatencyModel` attached (``latency_model``), the profiler also
+answers ``latency()``: the model's calibrated prediction in milliseconds, so the ``latency``
+constraint is checked like the other two.
 """
 
 from __future__ import annotations
@@ -16,11 +20,14 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from modeopt_core import ConstraintError
+
 from .dynamic import DimBinding, DynamicModule, DynamicSequential
 from .errors import HparamValueError, SubnetConfigError
 from .hparam import Hparam
 
 if TYPE_CHECKING:
+    from .latency import LatencyModel
     from .search_space import SearchSpace
 
 __all__ = ["SubnetProfiler"]
@@ -43,6 +50,9 @@ class SubnetProfiler:
         *args: positional arguments of a dummy input for ``space.model``.
         **kwargs: keyword arguments of that dummy input.
     """
+
+    latency_model: LatencyModel | None = None
+    """The latency model ``latency()`` asks (None: the profiler cannot check latency)."""
 
     def __init__(self, space: SearchSpace, *args: Any, **kwargs: Any) -> None:
         self._hps: list[Hparam] = [hp for _, hp in space.named_hparams(None)]
@@ -207,3 +217,12 @@ class SubnetProfiler:
                 n *= v[i]
             total += n
         return total
+
+    def latency(self, config: Mapping[str, int] | None = None) -> float:
+        """Predicted milliseconds of the active subnet (or of ``config``) from :attr:`latency_model`."""
+        if self.latency_model is None:
+            raise ConstraintError(
+                "this profiler has no latency model, so it cannot check a latency constraint; attach one "
+                "(profiler.latency_model = LatencyModel.build(space, dummy_input))"
+            )
+        return self.latency_model.latency(config)
