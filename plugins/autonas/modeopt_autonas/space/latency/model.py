@@ -36,14 +36,14 @@ import torch
 from modeopt_core import ConfigError, LatencyTimer, WallClockTimer, distributed
 from modeopt_core.sdk import device_name, model_device, progress, time_interleaved, unpack_dummy_input
 
-from ..dynamic import DynamicModule, DynamicSequential
+from ..dynamic import DynamicModule
 from ..errors import HparamValueError, SearchSpaceError, SubnetConfigError
 from ..export import export_model
 from ..hparam import Hparam
 from .cache import LatencyCache, LatencyCacheError, LatencyCacheWarning, default_latency_cache_dir
 from .calibration import calibration_configs, fit_anchored, measure_subnets
 from .table import CostTable, key_text
-from .units import TensorSpec, Unit, _code_hash, _meta_template, collect_units, signature_of
+from .units import TensorSpec, Unit, _code_hash, _meta_template, collect_units, signature_of, timed_modules
 
 __all__ = ["LATENCY_OPTIONS", "LATENCY_REPORT_MODES", "LatencyModel"]
 
@@ -95,14 +95,13 @@ def _check_options(options: Mapping[str, Any] | None) -> dict[str, Any]:
     return merged
 
 
-def _record_calls(space: Any, args: Sequence[Any], kwargs: Mapping[str, Any]) -> dict[str, list[tuple[Any, ...]]]:
-    """Positional arguments (tensors as shape/dtype/device stand-ins) of every leaf call at the max subnet."""
+def _record_calls(space: Any, modules: Mapping[str, torch.nn.Module], args: Sequence[Any],
+                  kwargs: Mapping[str, Any]) -> dict[str, list[tuple[Any, ...]]]:
+    """Positional arguments (tensors as :class:`TensorSpec`) of every call of ``modules`` at the max subnet."""
     model = space.model
     calls: dict[str, list[tuple[Any, ...]]] = {}
     handles = []
-    for name, module in space.dynamic_modules().items():
-        if isinstance(module, DynamicSequential):
-            continue
+    for name, module in modules.items():
 
         def pre(_m: Any, inputs: tuple[Any, ...], name: str = name) -> None:
             calls.setdefault(name, []).append(tuple(TensorSpec(a) if isinstance(a, torch.Tensor) else a for a in inputs))
@@ -200,15 +199,17 @@ class LatencyModel:
             if hp.is_configurable:
                 for i, child in enumerate(dynamic[seq]._modules):
                     blocks[f"{seq}.{child}" if seq else child] = (index[id(hp)], i)
-        units = collect_units(space, self._hps, blocks, _record_calls(space, self._args, self._kwargs))
+        timed = timed_modules(space, blocks)
+        units = collect_units(space, self._hps, blocks, _record_calls(space, timed, self._args, self._kwargs))
         if not units:
             raise SearchSpaceError("the model ran none of its searchable layers on the dummy input; there is "
                                    "nothing to time (check the dummy input)")
-        templates = {u.module: _meta_template(u.module) for u in units}
+        templates = {u.module: _meta_template(u.module) if isinstance(u.module, DynamicModule) else u.module
+                     for u in units}
         tops = {i: hp.max for i, hp in enumerate(self._hps)}
         for unit in units:
-            plain = templates[unit.module]
-            at_max = _export_at(plain, unit, tops)
+            template = templates[unit.module]
+            at_max = _export_at(template, unit, tops) if isinstance(template, DynamicModule) else template
             unit.signature = signature_of(at_max, unit)
         dtype = next((p.dtype for p in space.model.parameters()), torch.get_default_dtype())
         context = {
@@ -433,7 +434,8 @@ class LatencyModel:
                  "ms": {key_text(k): v for k, v in table.measured.items()}} for members, table in self._groups]
 
     def table(self, tolerance: float = 0.05) -> str:
-        """A readable summary: per layer group its widths, fastest/slowest ms and slow widths."""
+        """A readable summary: per layer group its widths, fastest/slowest ms and its widths that run
+        slower than a wider one (the three worst, by how much)."""
         slow: dict[str, list[dict[str, Any]]] = {}
         for s in self.slow_widths(tolerance):
             slow.setdefault(s["layers"][0], []).append(s)
@@ -441,7 +443,7 @@ class LatencyModel:
         for row in self.rows():
             layers = row["layers"][0] + (f" +{len(row['layers']) - 1}" if len(row["layers"]) > 1 else "")
             values = list(row["ms"].values())
-            bad = slow.get(row["layers"][0], [])
+            bad = sorted(slow.get(row["layers"][0], []), key=lambda b: -b["ms"] / b["wider_ms"])  # worst first
             text = ", ".join(f"{_fmt_widths(s['widths'])} ({s['ms']:.3f} > {s['wider_ms']:.3f} at "
                              f"{_fmt_widths(s['wider'])})" for s in bad[:3]) + (f" (+{len(bad) - 3})" if len(bad) > 3 else "")
             lines.append(f"{layers:<34} {','.join(row['axes']):<12} {row['mode']:<5} {len(values):>6} "
@@ -463,7 +465,7 @@ def _independent_assignments(unit: Unit, hps: Sequence[Hparam],
 
 
 def _export_at(template: DynamicModule, unit: Unit, values: Mapping[int, int]) -> Any:
-    """The template exported (on meta) with the unit's hparams at ``values`` (for its signature)."""
+    """The template exported (tensors on meta) with the unit's hparams at ``values`` (for its signature)."""
     variant = copy.deepcopy(template)
     slots = variant._dyn_hparams()
     for index, positions in unit.hp_positions.items():

@@ -1,15 +1,17 @@
 """Timed units: one per call of a searchable layer in a forward pass, with the widths it can run at.
 
 A *unit* is one call of a dynamic leaf module (a conv, linear or norm layer that no other dynamic
-module contains) during a forward pass on the dummy input at the max subnet. Its cost is a function
+module contains) during a forward pass on the dummy input at the max subnet, or of a plain leaf
+module inside a droppable block (its widths are fixed, but it runs only while its block does). Its cost is a function
 of its *axes*: the active width of each bound dimension (``in``/``out``/``features``, each a sum of
 channel-group widths) and its extra hparams (kernel size). Everything else about the call (layer
 class and hyperparameters, the input's shape apart from its channel dim, dtype) is fixed and goes
 into the unit's *signature*, so identical layers (ResNet's repeated 3x3 convs) share measurements.
 
 A *variant* is the exported plain layer at one axis tuple, built without copying weights: the
-dynamic module is cloned onto the ``meta`` device, narrowed, exported, and its tensors become
-contiguous views of the first elements of the real (flattened) tensors, as does its input. Timing a
+dynamic module is cloned once onto the ``meta`` device (the *template*), narrowed, and exported as a
+new plain module whose tensors are contiguous views of the first elements of the real (flattened)
+tensors, as is its input. Timing a
 variant therefore times exactly what the exported model runs for that layer, on the layer's device
 and dtype, with no allocation per variant beyond the views.
 """
@@ -29,10 +31,9 @@ from torch import nn
 
 from ..dynamic import DynamicModule, DynamicSequential
 from ..errors import SearchSpaceError
-from ..export import export_model
 from ..hparam import Hparam
 
-__all__ = ["Axis", "TensorSpec", "Unit", "collect_units", "signature_of"]
+__all__ = ["Axis", "TensorSpec", "Unit", "collect_units", "exported_view", "signature_of", "timed_modules"]
 
 # Past this many distinct axis tuples a layer with dependent axes is not enumerated (see Unit.tuples).
 _MAX_ENUMERATED = 100_000
@@ -63,7 +64,7 @@ class Unit:
     """One call of a dynamic leaf layer (see the module doc)."""
 
     name: str  # module name, plus "#k" for the k-th call of a module called several times
-    module: DynamicModule
+    module: nn.Module  # a DynamicModule, or a plain module inside a droppable block (no axes)
     axes: tuple[Axis, ...]
     inputs: tuple[TensorSpec | Any, ...]  # per positional argument
     channel: tuple[int, int, int] | None  # (arg index, dim, axis index) of the input's channel dim
@@ -130,23 +131,20 @@ class Unit:
                 )
         return dict(sorted(states.items()))
 
-    def make_variant(self, key: tuple[int, ...], assign: Mapping[int, int], template: DynamicModule,
+    def make_variant(self, key: tuple[int, ...], assign: Mapping[int, int], template: nn.Module,
                      buffers: Mapping[str, torch.Tensor], inputs: Sequence[Any]) -> Callable[[], Any]:
         """A callable running the exported layer at axis tuple ``key``, reached by the hparam values
-        ``assign`` (see the module doc); ``buffers`` and ``inputs`` are the full-size real tensors."""
-        variant = copy.deepcopy(template)
-        slots = variant._dyn_hparams()
-        for index, value in assign.items():
-            for pos in self.hp_positions.get(index, ()):
-                slots[pos].active = value
-        export_model(variant)
-        for kind in ("_parameters", "_buffers"):
-            tensors = getattr(variant, kind)
-            for name, t in list(tensors.items()):
-                if t is None:
-                    continue
-                real = buffers[f"{kind}.{name}"][: t.numel()].view(t.shape)
-                tensors[name] = nn.Parameter(real, requires_grad=False) if kind == "_parameters" else real
+        ``assign`` (see the module doc); ``buffers`` and ``inputs`` are the full-size real tensors.
+        A plain module (fixed widths, inside a droppable block) runs as a shallow eval-mode copy."""
+        if isinstance(template, DynamicModule):
+            slots = template._dyn_hparams()
+            for index, value in assign.items():
+                for pos in self.hp_positions.get(index, ()):
+                    slots[pos].active = value
+            variant = exported_view(template, buffers)
+        else:
+            variant = copy.copy(template)
+            variant.training = False
         args = list(inputs)
         if self.channel is not None:
             arg, dim, axis = self.channel
@@ -154,6 +152,35 @@ class Unit:
             shape[dim] = key[axis]
             args[arg] = inputs[arg].reshape(-1)[: math.prod(shape)].view(shape)
         return lambda: variant(*args)
+
+
+def exported_view(template: DynamicModule, buffers: Mapping[str, torch.Tensor]) -> nn.Module:
+    """What exporting ``template`` (a meta-device copy) at its active subnet gives, as a new plain module
+    whose tensors are views of ``buffers`` (``"_parameters.<name>"``/``"_buffers.<name>"``, flattened).
+
+    The same steps as ``DynamicModule._dyn_export`` (original class, plan attributes, active tensor
+    shapes, ``dynamic_after_export``) on a shallow copy, so one template serves every width.
+    """
+    plan = template._dyn_sync()
+    d = template.__dict__
+    plain = object.__new__(d["_dyn_original_cls"])
+    state = {k: v for k, v in d.items() if not k.startswith("_dyn_")}
+    for kind in ("_parameters", "_buffers"):
+        views: dict[str, Any] = {}
+        for name, t in d[kind].items():
+            if t is None:
+                views[name] = None
+                continue
+            ix = plan.tensors.get(name)
+            shape = ix(t).shape if ix is not None else t.shape
+            real = buffers[f"{kind}.{name}"][: math.prod(shape)].view(shape)
+            views[name] = nn.Parameter(real, requires_grad=False) if kind == "_parameters" else real
+        state[kind] = views
+    plain.__dict__.update(state)
+    plain.__dict__.update(plan.attrs)
+    type(template).dynamic_after_export(plain, plan.attrs)  # type: ignore[arg-type]
+    plain.training = False  # its tensors are views of the model's: a training-mode norm would update them
+    return plain
 
 
 def _meta_template(module: DynamicModule) -> DynamicModule:
@@ -211,32 +238,49 @@ def _input_role(module: DynamicModule) -> str | None:
     return next(iter(dims)) if len(dims) == 1 else None
 
 
+def timed_modules(space: Any, blocks: Mapping[str, tuple[int, int]]) -> dict[str, nn.Module]:
+    """The modules timed as units: dynamic leaf layers (no dynamic module inside), and the plain leaf
+    modules inside droppable blocks (their cost disappears with the block, so it cannot be a constant)."""
+    dynamic = space.dynamic_modules()
+    names = sorted(dynamic)
+    parents = {a for a, b in itertools.pairwise(names) if a and b.startswith(a + ".")}
+    out: dict[str, nn.Module] = {
+        n: m for n, m in dynamic.items() if not isinstance(m, DynamicSequential) and n not in parents
+    }
+    for block in blocks:
+        for sub, module in space.model.get_submodule(block).named_modules(prefix=block):
+            if sub not in dynamic and not module._modules and not isinstance(module, DynamicModule):
+                out[sub] = module
+    return out
+
+
 def collect_units(
     space: Any, hparams: Sequence[Hparam], blocks: Mapping[str, tuple[int, int]],
     calls: Mapping[str, list[tuple[Any, ...]]],
 ) -> list[Unit]:
-    """The units of ``space`` given the recorded positional arguments of each leaf's calls (tensors as
-    :class:`TensorSpec`); ``blocks`` maps droppable block names to their ``(depth hparam, child index)``."""
+    """The units of ``space`` given the recorded positional arguments of each timed module's calls
+    (tensors as :class:`TensorSpec`); ``blocks`` maps droppable block names to their ``(depth hparam,
+    child index)``."""
     index = {id(hp): i for i, hp in enumerate(hparams)}
-    dynamic = space.dynamic_modules()
-    parents = {n for n in dynamic for other in dynamic if other != n and other.startswith(n + ".") if n}
     units = []
-    for name, module in dynamic.items():
-        if isinstance(module, DynamicSequential) or name in parents or name not in calls:
+    for name, module in timed_modules(space, blocks).items():
+        if name not in calls:
             continue
-        dims = module.__dict__["_dyn_dims"]
-        axes = [Axis(role, tuple((index[id(hp)], r) for hp, r in b.segments)) for role, b in dims.items()]
-        axes += [Axis("kernel", ((index[id(hp)], 1),)) for hp in module._dyn_extra_hparams()]
-        positions: dict[int, list[int]] = {}
-        for pos, hp in enumerate(module._dyn_hparams()):
-            positions.setdefault(index[id(hp)], []).append(pos)
         conds = tuple(c for b, c in blocks.items() if name == b or name.startswith(b + "."))
-        role = _input_role(module)
+        axes: list[Axis] = []
+        positions: dict[int, list[int]] = {}
+        role = None
+        if isinstance(module, DynamicModule):
+            dims = module.__dict__["_dyn_dims"]
+            axes = [Axis(r, tuple((index[id(hp)], rep) for hp, rep in b.segments)) for r, b in dims.items()]
+            axes += [Axis("kernel", ((index[id(hp)], 1),)) for hp in module._dyn_extra_hparams()]
+            for pos, hp in enumerate(module._dyn_hparams()):
+                positions.setdefault(index[id(hp)], []).append(pos)
+            role = _input_role(module)
         for k, args in enumerate(calls[name]):
             channel = None
             if role is not None and args and isinstance(args[0], TensorSpec):
-                full = dims[role].full
-                dim = _channel_dim(module, args[0].shape, full)
+                dim = _channel_dim(module, args[0].shape, module.__dict__["_dyn_dims"][role].full)
                 if dim is not None:
                     channel = (0, dim, [a.name for a in axes].index(role))
             label = name if len(calls[name]) == 1 else f"{name}#{k}"

@@ -63,14 +63,19 @@ class _Charge(TorchDispatchMode):
 
 
 class OpCostTimer:
-    """``timer(fn) -> seconds`` with the costs of the module doc; counts its calls."""
+    """``timer(fn) -> seconds`` with the costs of the module doc; counts its calls.
 
-    def __init__(self) -> None:
+    ``overhead_s`` is charged once per call: with a fixed number of layers it becomes the offset of
+    the calibration; with elastic depth (a varying number of layers) use 0 to keep the sum exact.
+    """
+
+    def __init__(self, overhead_s: float = CALL_OVERHEAD_S) -> None:
         self.calls = 0
+        self.overhead_s = overhead_s
 
     def __call__(self, fn: Callable[[], Any]) -> float:
         self.calls += 1
         charge = _Charge()
         with charge:
             fn()
-        return charge.seconds + CALL_OVERHEAD_S
+        return charge.seconds + self.overhead_s
