@@ -19,7 +19,6 @@ A prediction is then a sum of table lookups: microseconds per query, no model ru
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import logging
@@ -38,7 +37,6 @@ from modeopt_core.sdk import device_name, model_device, progress, time_interleav
 
 from ..dynamic import DynamicModule
 from ..errors import HparamValueError, SearchSpaceError, SubnetConfigError
-from ..export import export_model
 from ..hparam import Hparam
 from .cache import LatencyCache, LatencyCacheError, LatencyCacheWarning, default_latency_cache_dir
 from .calibration import calibration_configs, fit_anchored, measure_subnets
@@ -204,13 +202,14 @@ class LatencyModel:
         if not units:
             raise SearchSpaceError("the model ran none of its searchable layers on the dummy input; there is "
                                    "nothing to time (check the dummy input)")
-        templates = {u.module: _meta_template(u.module) if isinstance(u.module, DynamicModule) else u.module
-                     for u in units}
-        tops = {i: hp.max for i, hp in enumerate(self._hps)}
-        for unit in units:
-            template = templates[unit.module]
-            at_max = _export_at(template, unit, tops) if isinstance(template, DynamicModule) else template
-            unit.signature = signature_of(at_max, unit)
+        saved = space.config()
+        try:
+            with space.driver_paused():
+                space.sample("max")
+                for unit in units:
+                    unit.signature = signature_of(unit.module, unit)
+        finally:
+            space.select(saved)
         dtype = next((p.dtype for p in space.model.parameters()), torch.get_default_dtype())
         context = {
             "device": device_name(device), "torch": torch.__version__, "threads": torch.get_num_threads(),
@@ -220,7 +219,7 @@ class LatencyModel:
         key = _model_key(space, units, named, _describe(dummy_input))
         # Under torch.distributed rank 0 measures and every rank uses its table: the ranks of a search
         # must take the same constraint decisions.
-        shared = distributed.run_on_main(lambda: self._obtain(units, templates, context, key))
+        shared = distributed.run_on_main(lambda: self._obtain(units, context, key))
         self._fill(shared["entries"])
         self._apply_calibration(shared["calibration"])
         self.stats = {
@@ -233,7 +232,7 @@ class LatencyModel:
                   len(units), len(self._groups), shared["measured"], shared["reused"], self.stats["build_s"])
         return self
 
-    def _obtain(self, units: list[Unit], templates: dict[Any, Any], context: dict[str, Any], key: str) -> dict[str, Any]:
+    def _obtain(self, units: list[Unit], context: dict[str, Any], key: str) -> dict[str, Any]:
         """Load the cache, measure what it lacks, calibrate, save; the data every rank builds from."""
         t0 = time.perf_counter()
         use_cache = self.options["cache_dir"] is not False
@@ -247,7 +246,7 @@ class LatencyModel:
                 lead = members[0]
                 found = assigns if assigns is not None else _independent_assignments(lead, self._hps, missing)
                 todo.append((lead, found, missing))
-        measured = self._measure(todo, templates, cache) if todo else 0
+        measured = self._measure(todo, cache) if todo else 0
         entries = {m[0].signature: cache.entries[m[0].signature] for m, _ in self._groups}
         self._fill(entries)
         t1 = time.perf_counter()
@@ -296,7 +295,7 @@ class LatencyModel:
             rows = entries[members[0].signature]
             table.fill({k: float(rows[key_text(k)][0]) for k in table.needed})
 
-    def _measure(self, todo: list[Any], templates: dict[Any, Any], cache: LatencyCache) -> int:
+    def _measure(self, todo: list[Any], cache: LatencyCache) -> int:
         opts = self.options
         gen = torch.Generator().manual_seed(opts["seed"])
         done = 0
@@ -307,7 +306,8 @@ class LatencyModel:
                            for kind in ("_parameters", "_buffers")
                            for n, t in getattr(lead.module, kind).items() if t is not None}
                 inputs = [_random_like(spec, gen) for spec in lead.inputs]
-                fns = {k: lead.make_variant(k, assigns[k], templates[lead.module], buffers, inputs) for k in missing}
+                template = _meta_template(lead.module) if isinstance(lead.module, DynamicModule) else lead.module
+                fns = {k: lead.make_variant(k, assigns[k], template, buffers, inputs) for k in missing}
                 with torch.inference_mode():
                     stats = time_interleaved(fns, opts["runs"], opts["warmup"], self._timer)
                 rows = cache.entries.setdefault(lead.signature, {})
@@ -462,16 +462,6 @@ def _independent_assignments(unit: Unit, hps: Sequence[Hparam],
                              keys: Sequence[tuple[int, ...]]) -> dict[tuple[int, ...], dict[int, int]]:
     per_axis = unit.axis_values(hps)
     return {k: {i: c for a, v in enumerate(k) for i, c in per_axis[a][v].items()} for k in keys}
-
-
-def _export_at(template: DynamicModule, unit: Unit, values: Mapping[int, int]) -> Any:
-    """The template exported (tensors on meta) with the unit's hparams at ``values`` (for its signature)."""
-    variant = copy.deepcopy(template)
-    slots = variant._dyn_hparams()
-    for index, positions in unit.hp_positions.items():
-        for pos in positions:
-            slots[pos].active = values[index]
-    return export_model(variant)
 
 
 def _random_like(spec: Any, gen: torch.Generator) -> Any:

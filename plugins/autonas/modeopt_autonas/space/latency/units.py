@@ -216,8 +216,9 @@ def _code_hash(cls: type) -> str:
 
 def signature_of(plain: nn.Module, unit: Unit) -> str:
     """The unit's cache signature: class, hyperparameters, tensor and input shapes at the max widths,
-    and how its axes map onto them."""
-    cls = type(plain)
+    and how its axes map onto them. ``plain`` is the unit's module with the space at its max subnet (a
+    dynamic module then shows its original attributes and full tensors; its original class is named)."""
+    cls = plain.__dict__.get("_dyn_original_cls", type(plain))
     tensors = ",".join(
         f"{kind[1]}{name}:{str(t.dtype).removeprefix('torch.')}{list(t.shape)}"
         for kind, group in (("_p", plain._parameters), ("_b", plain._buffers))
