@@ -161,7 +161,7 @@ class LatencyModel:
         self._units: list[tuple[Unit, CostTable]] = []
         self._groups: list[tuple[list[Unit], CostTable]] = []
         self._pending: list[tuple[list[Unit], CostTable, dict[tuple[int, ...], dict[int, int]] | None]] = []
-        self._compiled: list[tuple[tuple[tuple[tuple[int, int], ...], ...], tuple[tuple[int, int], ...], CostTable]] = []
+        self._compiled: list[tuple[Any, ...]] = []
         self._args: tuple[Any, ...] = ()
         self._kwargs: dict[str, Any] = {}
         self._timer: LatencyTimer = WallClockTimer()
@@ -286,9 +286,12 @@ class LatencyModel:
             for u in members:
                 by_unit[id(u)] = table
         self._units = [(u, by_unit[id(u)]) for u in units]
-        self._compiled = [
-            (tuple(a.terms for a in u.axes), u.conds, t) for u, t in self._units
-        ]
+        # per unit: (single-term axes as (hparam, repeat) or None, general axes, conditions, memo, table)
+        self._compiled = []
+        for u, t in self._units:
+            terms = tuple(a.terms for a in u.axes)
+            simple = tuple(a[0] for a in terms) if all(len(a) == 1 for a in terms) else None
+            self._compiled.append((simple, terms, u.conds, t.memo, t))
 
     def _fill(self, entries: Mapping[str, Mapping[str, Sequence[float]]]) -> None:
         for members, table in self._groups:
@@ -371,11 +374,14 @@ class LatencyModel:
         """Sum of the table's layer latencies (ms) of the active subnet (or of ``config`` on top of it)."""
         values = self._values(config)
         total = 0.0
-        for axes, conds, table in self._compiled:
+        for simple, axes, conds, memo, table in self._compiled:  # the hot loop of every constraint check
             if conds and not all(values[h] > c for h, c in conds):
                 continue
-            key = tuple([sum([values[i] * r for i, r in terms]) for terms in axes])
-            hit = table._memo.get(key)
+            if simple is not None:
+                key = tuple([values[i] * r for i, r in simple])
+            else:
+                key = tuple([sum([values[i] * r for i, r in terms]) for terms in axes])
+            hit = memo.get(key)
             total += hit if hit is not None else table.cost(key)
         return total
 

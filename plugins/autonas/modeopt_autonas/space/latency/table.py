@@ -63,18 +63,18 @@ class CostTable:
                 needed.update(tuple(v if b == a else tops[b] for b in range(len(tops))) for v in values)
             self.needed = sorted(needed)
         self.measured: dict[tuple[int, ...], float] = {}
-        self._memo: dict[tuple[int, ...], float] = {}
+        self.memo: dict[tuple[int, ...], float] = {}  # measured and already interpolated tuples
 
     def fill(self, measured: dict[tuple[int, ...], float]) -> None:
         """Set the measured milliseconds of every needed tuple."""
         missing = [k for k in self.needed if k not in measured]
         assert not missing, missing[:3]
         self.measured = {k: measured[k] for k in self.needed}
-        self._memo = dict(self.measured)
+        self.memo = dict(self.measured)
 
     def cost(self, key: tuple[int, ...]) -> float:
         """Milliseconds at axis tuple ``key``."""
-        hit = self._memo.get(key)
+        hit = self.memo.get(key)
         if hit is not None:
             return hit
         if self.mode == "exact":
@@ -87,7 +87,7 @@ class CostTable:
                 base = self._interp(at)
                 if base > 0:
                     value *= self.measured[at] / base
-        self._memo[key] = value
+        self.memo[key] = value
         return value
 
     def _interp(self, key: tuple[int, ...]) -> float:

@@ -178,7 +178,7 @@ def exported_view(template: DynamicModule, buffers: Mapping[str, torch.Tensor]) 
         state[kind] = views
     plain.__dict__.update(state)
     plain.__dict__.update(plan.attrs)
-    type(template).dynamic_after_export(plain, plan.attrs)  # type: ignore[arg-type]
+    type(template).dynamic_after_export(plain, plan.attrs)
     plain.training = False  # its tensors are views of the model's: a training-mode norm would update them
     return plain
 
