@@ -70,7 +70,8 @@ class CostTable:
         missing = [k for k in self.needed if k not in measured]
         assert not missing, missing[:3]
         self.measured = {k: measured[k] for k in self.needed}
-        self.memo = dict(self.measured)
+        self.memo.clear()  # in place: the latency model's query loop holds this dict
+        self.memo.update(self.measured)
 
     def cost(self, key: tuple[int, ...]) -> float:
         """Milliseconds at axis tuple ``key``."""
