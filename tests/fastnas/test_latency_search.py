@@ -192,3 +192,13 @@ def test_choices_no_faster_than_a_wider_one_are_dropped() -> None:
     kept, dropped = drop_slower_choices(keys, lambda _n, c: latency[c])
     assert sorted(kept["a"]) == [1, 3, 5, 6, 8, 10]
     assert dropped == {"a": [2, 4, 7, 9]}
+
+
+def test_predicted_vs_measured_plot_is_written(tmp_path: Path) -> None:
+    from modeopt_fastnas.plots import have_matplotlib, plot_latency
+
+    if not have_matplotlib():
+        pytest.skip("matplotlib is optional")
+    points = [{"predicted": 10.0, "measured": 11.0, "label": "1"}, {"predicted": 5.0, "measured": 4.5}]
+    out = plot_latency(points, tmp_path / "latency.png", title="test")
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
