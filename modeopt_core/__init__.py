@@ -40,6 +40,7 @@ from .errors import (
     StateError,
 )
 from .hookspecs import hookimpl, hookspec
+from .latency import LatencyStats, LatencyTimer, WallClockTimer, measure_latency
 from .mode import Metadata, ModeDescriptor
 from .plugins import (
     PluginFailure,
@@ -69,6 +70,8 @@ __all__ = [
     "DistributedError",
     "ForwardProfiler",
     "IterativeSearcher",
+    "LatencyStats",
+    "LatencyTimer",
     "Metadata",
     "ModeChainError",
     "ModeConfig",
@@ -84,6 +87,7 @@ __all__ = [
     "RuleConfig",
     "SearchError",
     "StateError",
+    "WallClockTimer",
     "__version__",
     "applied_modes",
     "apply_mode",
@@ -98,6 +102,7 @@ __all__ = [
     "list_plugins",
     "make_forward_loop",
     "make_rule_config",
+    "measure_latency",
     "mode_provider",
     "modeopt_state",
     "plugin_failures",

@@ -1,6 +1,7 @@
-"""Search constraints (``flops``, ``params``): parsing, counting and checking.
+"""Search constraints (``flops``, ``params``, ``latency``): parsing, counting and checking.
 
-A constraint limit is an absolute number (``3e6``) or a percentage of the original model's value
+A constraint limit is an absolute number (``3e6``; ``latency`` in milliseconds) or a percentage of
+the original model's value
 (``"60%"``, ``"60 %"`` and ``"12.5%"`` are accepted). Percentages above 100% are allowed; they are
 satisfied by the original model itself, so they only make sense when the search space holds models
 larger than the original. Zero, negative, non-finite and boolean limits are rejected.
@@ -14,9 +15,13 @@ model once on the dummy input under :class:`torch.utils.flop_counter.FlopCounter
 * ``params`` are the elements of the parameters whose storage is read during that forward: modules
   that do not run (an unselected branch) do not count, tied weights count once, a sliced weight
   counts in full. Parameters on the ``meta`` device cannot be told apart, so all of them count.
+* ``latency`` is the median wall-clock time in milliseconds of ``latency_runs`` forward passes on the
+  dummy input after a warm-up (eval mode, ``torch.inference_mode``, current thread count; see
+  :mod:`modeopt_core.latency`). A real measurement: use it for few candidates, or a latency model.
 
 Plugins with a cheaper way to count (e.g. an analytic count over a search space) provide their own
-profiler object with the same two methods.
+profiler object with the same methods (e.g. the NAS search space's analytic counts and its
+latency table, ``modeopt_autonas.space.LatencyModel``).
 """
 
 from __future__ import annotations
@@ -45,7 +50,7 @@ __all__ = [
     "unpack_dummy_input",
 ]
 
-CONSTRAINT_NAMES: tuple[str, ...] = ("flops", "params")
+CONSTRAINT_NAMES: tuple[str, ...] = ("flops", "params", "latency")
 """The constraint keys understood by :class:`Constraints`, in reporting order."""
 
 _PERCENT_RE = re.compile(r"^\s*(?P<num>[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?)\s*%\s*$")
@@ -81,6 +86,7 @@ def run_with_dummy_input(model: nn.Module, dummy_input: Any) -> Any:
 class ModelProfiler(Protocol):
     """Counts the cost of a model in its current state (e.g. the currently selected subnet).
 
+    A profiler that supports the ``latency`` constraint also has ``latency() -> float`` (milliseconds).
     Optionally a profiler may also offer ``measure(names) -> dict[str, float]`` to count several
     quantities at once; :meth:`Constraints.check` uses it when present.
     """
@@ -115,9 +121,11 @@ class ForwardProfiler:
     """Counts FLOPs and used parameters by running ``model`` on ``dummy_input`` (see module doc).
 
     The model runs in eval mode under ``torch.no_grad``; every module's training flag is restored.
+    ``latency_runs`` and ``timer`` (a :class:`~modeopt_core.latency.LatencyTimer`) set how ``latency``
+    is timed.
     """
 
-    def __init__(self, model: nn.Module, dummy_input: Any) -> None:
+    def __init__(self, model: nn.Module, dummy_input: Any, *, latency_runs: int = 20, timer: Any = None) -> None:
         if dummy_input is None:
             raise ConstraintError(
                 "counting flops/params needs a dummy_input to run the model on; pass one (a tensor, or a "
@@ -126,6 +134,8 @@ class ForwardProfiler:
         unpack_dummy_input(dummy_input)  # validate the convention early
         self.model = model
         self.dummy_input = dummy_input
+        self.latency_runs = latency_runs
+        self.timer = timer
 
     def flops(self) -> float:
         """FLOPs of one forward pass on the dummy input."""
@@ -135,11 +145,23 @@ class ForwardProfiler:
         """Elements of the parameters read during one forward pass on the dummy input."""
         return self.measure(("params",))["params"]
 
+    def latency(self) -> float:
+        """Median milliseconds of ``latency_runs`` forward passes on the dummy input (after 3 warm-ups)."""
+        from .latency import measure_latency  # the latency module builds on this one
+
+        return measure_latency(self.model, self.dummy_input, runs=self.latency_runs, warmup=3,
+                               timer=self.timer).median_ms
+
     def measure(self, names: Collection[str]) -> dict[str, float]:
-        """Count the requested quantities (subset of ``flops``, ``params``) in a single forward pass."""
+        """Count the requested quantities (``flops``/``params`` in one forward pass; ``latency`` timed)."""
         unknown = set(names) - set(CONSTRAINT_NAMES)
         if unknown:
             raise ConstraintError(f"cannot measure {sorted(unknown)}; known: {list(CONSTRAINT_NAMES)}")
+        values: dict[str, float] = {}
+        if "latency" in names:
+            values["latency"] = self.latency()
+        if not {"flops", "params"} & set(names):
+            return values
         flags = {m: m.training for m in self.model.modules()}
         counter = FlopCounterMode(display=False)
         recorder = _StorageRecorder()
@@ -150,7 +172,6 @@ class ForwardProfiler:
         finally:
             for module, flag in flags.items():
                 module.training = flag
-        values: dict[str, float] = {}
         if "flops" in names:
             values["flops"] = int(counter.get_total_flops())
         if "params" in names:
@@ -199,7 +220,8 @@ class _Limit:
 
 
 def _parse_limit(name: str, raw: Any) -> _Limit:
-    fix = f'use a positive number (e.g. {name}=2.5e6) or a percentage of the original model (e.g. "60%")'
+    example = "latency=12.5 (milliseconds)" if name == "latency" else f"{name}=2.5e6"
+    fix = f'use a positive number (e.g. {example}) or a percentage of the original model (e.g. "60%")'
     if isinstance(raw, str):
         match = _PERCENT_RE.match(raw)
         if match is None:
@@ -218,7 +240,7 @@ def _parse_limit(name: str, raw: Any) -> _Limit:
 
 @dataclass(frozen=True)
 class Constraints:
-    """Upper limits on ``flops`` and/or ``params``; build with :meth:`parse`.
+    """Upper limits on ``flops``, ``params`` and/or ``latency`` (milliseconds); build with :meth:`parse`.
 
     Percentage limits need the original model's values: :meth:`resolve` measures them once (with the
     model in its original state) and returns constraints with absolute limits.
@@ -230,7 +252,7 @@ class Constraints:
 
     @classmethod
     def parse(cls, spec: Mapping[str, Any] | Constraints | None) -> Constraints:
-        """Parse ``{"flops": ..., "params": ...}`` (either or both keys; ``{}``/None = unconstrained)."""
+        """Parse ``{"flops": ..., "params": ..., "latency": ...}`` (any of the keys; ``{}``/None = unconstrained)."""
         if isinstance(spec, Constraints):
             return spec
         if spec is None:

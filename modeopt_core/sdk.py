@@ -14,6 +14,8 @@ core's other submodules are private. See ``docs/writing-a-plugin.md``.
 - Calibration: :data:`DEFAULT_MIN_CALIBRATION_BATCHES`, :data:`ForwardLoop`,
   :func:`default_collect_func` (with :func:`modeopt_core.make_forward_loop` and
   :func:`modeopt_core.recalibrate_batchnorm`).
+- Latency: :func:`time_interleaved` (round-robin medians over a :class:`~modeopt_core.LatencyTimer`),
+  :func:`device_name` (the hardware a latency belongs to) and :func:`model_device`.
 - Progress: :func:`progress` (a tqdm bar on a terminal, log lines elsewhere, nothing when disabled).
 - Searcher types: :data:`SearchConfig` and :data:`SEARCH_CHECKPOINT_KIND`; the pieces of a searcher's
   checkpointed-state schema (:attr:`~modeopt_core.BaseSearcher.state_schema`): :class:`CandidateRecord`,
@@ -29,6 +31,7 @@ from .base_searcher import SEARCH_CHECKPOINT_KIND, SearchConfig
 from .calibration import DEFAULT_MIN_CALIBRATION_BATCHES, ForwardLoop, default_collect_func
 from .constraints import CONSTRAINT_NAMES, run_with_dummy_input, unpack_dummy_input
 from .conversion import rollback_on_error
+from .latency import device_name, model_device, time_interleaved
 from .progress import progress
 from .search_config import (
     candidate_key,
@@ -58,9 +61,12 @@ __all__ = [
     "check_known_keys",
     "check_path",
     "default_collect_func",
+    "device_name",
+    "model_device",
     "progress",
     "rollback_on_error",
     "run_with_dummy_input",
     "state_error",
+    "time_interleaved",
     "unpack_dummy_input",
 ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -27,3 +28,13 @@ def installed_dists(tmp_path_factory: pytest.TempPathFactory) -> Path:
             check=True, capture_output=True,
         )
     return target
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Latency tables measured by the tests (and their subprocesses) go to a temporary folder, never
+    to the user's cache (``MODEOPT_CACHE_DIR``)."""
+    patch = pytest.MonkeyPatch()
+    patch.setenv("MODEOPT_CACHE_DIR", str(tmp_path_factory.mktemp("modeopt-cache")))
+    yield
+    patch.undo()

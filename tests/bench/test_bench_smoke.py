@@ -144,3 +144,16 @@ def test_checkpoint_stress() -> None:
     assert any(o.startswith("crafted: refused") for o in _column(files, "outcome"))
     assert "file restores to one complete save" in _column(kills, "outcome")
     assert "one complete save" in _column(races, "outcome")
+
+
+def test_latency(tmp_path: Path) -> None:
+    """The latency bench on the digits CNN only (its ResNet-18 part runs the same code at a larger size)."""
+    out, (table, pruned) = _run("latency.py", "--models", "digits", "--plots", str(tmp_path))
+    assert _column(table, "model") == ["digits CNN 32x1x8x8"]
+    assert int(_column(table, "layer calls")[0]) > 0 and float(_column(table, "build s (empty cache)")[0]) > 0
+    variants = _column(pruned, "variant")
+    assert variants[0] == "original" and "flops 60%" in variants
+    assert all(float(ms) > 0 for ms in _column(pruned, "measured ms"))
+    # on a heavily loaded machine the measured table can make the budget look unreachable: that is reported
+    assert "latency 60%" in variants or "the latency search failed" in out
+    assert "latency 60%" not in variants or ("prediction error" in out and (tmp_path / "latency-digits.png").exists())

@@ -17,6 +17,8 @@ EXPECTED = {
     "ArgumentError",
     "BaseSearcher", "IterativeSearcher", "Constraints", "ConstraintResult", "ModelProfiler", "ForwardProfiler",
     "recalibrate_batchnorm", "make_forward_loop", "CalibrationError",
+    # latency measurement
+    "LatencyStats", "LatencyTimer", "WallClockTimer", "measure_latency",
     # checkpoints
     "save", "restore", "inspect_checkpoint", "CheckpointInfo", "read_state_file", "write_state_file",
     # the plugin author's namespaces
@@ -26,7 +28,8 @@ EXPECTED = {
 SDK = {
     "CONSTRAINT_NAMES", "DEFAULT_MIN_CALIBRATION_BATCHES", "SEARCH_CHECKPOINT_KIND", "ForwardLoop", "SearchConfig",
     "candidate_key", "check_bool", "check_callable", "check_float", "check_int", "check_known_keys", "check_path",
-    "default_collect_func", "progress", "run_with_dummy_input", "unpack_dummy_input",
+    "default_collect_func", "device_name", "model_device", "progress", "run_with_dummy_input", "time_interleaved",
+    "unpack_dummy_input",
     # search-state schema pieces, failure safety
     "CandidateRecord", "FiniteFloat", "NonNegativeInt", "SubnetConfig", "state_error", "rollback_on_error",
 }

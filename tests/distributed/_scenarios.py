@@ -340,6 +340,35 @@ def fastnas_partial(ctx: Context, fail_at: int) -> str:
     return "did not fail"
 
 
+class _RankTimer:
+    """The op-cost timer, but a different machine on every rank (costs scaled by 1 + rank): a rank
+    that measured its own table would predict and report other latencies than rank 0."""
+
+    def __init__(self) -> None:
+        from tests._fake_timer import OpCostTimer
+
+        self.inner, self.rank = OpCostTimer(), distributed.rank()
+
+    def __call__(self, fn: Callable[[], Any]) -> float:
+        return self.inner(fn) * (1 + self.rank)
+
+
+def fastnas_latency(ctx: Context) -> dict[str, Any]:
+    """A FastNAS search to a latency budget: rank 0 measures the table, every rank uses it."""
+    from modeopt_fastnas import prune
+
+    torch.manual_seed(0)
+    options = {"timer": _RankTimer(), "cache_dir": str(ctx.workdir / "latency-cache"), "runs": 1, "warmup": 0,
+               "calibration_runs": 1, "report_runs": 1}
+    config = {"score_func": LossScore(), "data_loader": batches(8), "verbose": False, "zero_drop_tol": FASTNAS_TOL,
+              "latency_options": options}
+    pruned, res = prune(_wrap(DigitsResNet(WIDTHS)), {"latency": "60%"}, DUMMY, config)
+    lat = res["latency"]
+    return {"subnet": res["subnet"], "latency": [lat["before"], lat["after"], lat["measured_after"]],
+            "skipped": lat["slower_widths_skipped"], "exported": exported_digest(pruned),
+            "cache_files": sorted(p.name for p in (ctx.workdir / "latency-cache").glob("*.safetensors"))}
+
+
 # --------------------------------------------------------------------------- the helpers themselves
 def _error(fn: Callable[[], Any]) -> str | None:
     try:
@@ -407,5 +436,6 @@ def _seed_used(ctx: Context) -> list[Any]:
 SCENARIOS: dict[str, Callable[[Context], dict[str, Any]]] = {
     f.__name__: f
     for f in (autonas_evolve, autonas_random, resume_killed, resume_single, killed_search, save_restore,
-              save_one_rank, wrapped_model, supernet_training, primitives, disagreement, fastnas_prune, fastnas_resume)
+              save_one_rank, wrapped_model, supernet_training, primitives, disagreement, fastnas_prune, fastnas_resume,
+              fastnas_latency)
 }

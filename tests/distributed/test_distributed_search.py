@@ -21,8 +21,8 @@ from ._launch import Launch, results
 pytestmark = pytest.mark.skipif(not __import__("torch").distributed.is_gloo_available(), reason="needs gloo")
 
 SCENARIOS = ["autonas_evolve", "autonas_random", "resume_killed", "resume_single", "save_restore", "save_one_rank",
-             "wrapped_model",
-             "supernet_training", "primitives", "disagreement", "fastnas_prune", "fastnas_resume"]
+             "wrapped_model", "supernet_training", "primitives", "disagreement", "fastnas_prune", "fastnas_resume",
+             "fastnas_latency"]
 KILL_AT = 3  # rank 0's third score call: after two finished rounds (two checkpoints)
 FASTNAS_FAIL_AT = 20  # a single-process FastNAS search dies in its 20th score call (part of the map done)
 
@@ -58,7 +58,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Runs:
     # 2. every scenario on 2 ranks (resuming those checkpoints); the single-process references meanwhile
     main = Launch(r.dist_dir, SCENARIOS)
     for name in ("autonas_evolve", "autonas_random", "save_restore", "wrapped_model", "supernet_training",
-                 "fastnas_prune", "fastnas_resume"):
+                 "fastnas_prune", "fastnas_resume", "fastnas_latency"):
         r.run_single(name, sc.SCENARIOS[name])
     r.run_single("resume_killed_1rank", sc.evolve_into, "killed.ckpt")
     main.wait()
@@ -215,3 +215,13 @@ def test_fastnas_resumes_a_single_process_map_on_two_ranks(runs: Runs) -> None:
         for key in ("sensitivity_raw", "subnet", "threshold", "num_score_evals_total", "exported"):
             assert resumed[key] == uninterrupted[key]
     assert ranks[0]["num_score_evals"] == one_rank["num_score_evals"]
+
+
+def test_fastnas_latency_search_uses_rank_0s_table_on_every_rank(runs: Runs) -> None:
+    """Each rank's timer is a different "machine"; rank 0 measures, so all ranks (and one process,
+    whose rank is 0) pick the same subnet with the same predictions."""
+    ranks, single = runs.ranks("fastnas_latency"), runs.single["fastnas_latency"]
+    _same_on_ranks(ranks, "subnet", "latency", "skipped", "exported")
+    for key in ("subnet", "latency", "skipped", "exported"):
+        assert ranks[0][key] == single[key], key
+    assert len(ranks[0]["cache_files"]) == 1  # only rank 0's context was written

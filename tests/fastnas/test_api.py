@@ -40,8 +40,10 @@ def test_prune_validates_before_converting() -> None:
     model = tiny_cnn()
     with pytest.raises(mo.ConfigError, match="unknown search config key"):
         prune(model, {"flops": "50%"}, DUMMY, {"score_func": _score(), "num_iter": 3})
+    with pytest.raises(mo.ConstraintError, match="energy"):
+        prune(model, {"energy": 3}, DUMMY, {"score_func": _score()})
     with pytest.raises(mo.ConstraintError, match="latency"):
-        prune(model, {"latency": 3}, DUMMY, {"score_func": _score()})
+        prune(model, {"latency": "fast"}, DUMMY, {"score_func": _score()})
     assert mo.applied_modes(model) == [] and not has_search_space(model)
 
 

@@ -10,8 +10,10 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import modeopt_core as mo
+from modeopt_autonas.space.latency import model as latency_model
 from modeopt_core.checkpoint import restore
 from modeopt_core.cli import main, plugin_commands
+from tests._fake_timer import OpCostTimer
 from tests.fastnas._models import INPUT_SHAPE, tiny_cnn
 
 
@@ -53,11 +55,31 @@ def test_prune_with_a_user_score_and_a_params_budget(tmp_path: Path, capsys: pyt
     assert sum(p.numel() for p in model.parameters()) <= 0.4 * sum(p.numel() for p in tiny_cnn().parameters())
 
 
+def test_prune_to_a_latency_budget_on_this_machine(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    # the deterministic op-cost timer stands in for the wall clock (tests never depend on real timings)
+    monkeypatch.setattr(latency_model, "WallClockTimer", lambda device=None: OpCostTimer())
+    monkeypatch.setenv("MODEOPT_CACHE_DIR", str(tmp_path / "cache"))
+    out = tmp_path / "fast.safetensors"
+    args = ["-q", "prune", "--model", "tests.fastnas._models:tiny_cnn", "--input-shape", "1,3,8,8",
+            "--latency", "60%", "--flops", "90%", "--threads", "1", "--out", str(out)]
+    threads = torch.get_num_threads()
+    assert main(args) == 0
+    text = capsys.readouterr().out
+    assert torch.get_num_threads() == threads  # --threads applies to the search only
+    assert "{'flops': '90%', 'latency': '60%'}" in text
+    line = next(ln for ln in text.splitlines() if ln.strip().startswith("latency"))
+    assert "predicted" in line and "measured on the export" in line and "prediction error" in line
+    assert list((tmp_path / "cache" / "latency").glob("latency-*.safetensors"))  # the table is cached
+    assert _flops(restore(tiny_cnn(), out)) <= 0.9 * _flops(tiny_cnn())
+
+
 @pytest.mark.parametrize(("args", "message"), [
     (["--model", "no_such_module_xyz:f", "--flops", "50%"], "--model 'no_such_module_xyz:f': cannot import"),
     (["--model", "tests.fastnas._models", "--flops", "50%"], "must look like MODULE:NAME"),
     (["--model", "tests.fastnas._models:INPUT_SHAPE", "--flops", "50%"], "is not callable"),
     (["--model", "tests.fastnas._models:tiny_cnn"], "give a budget"),
+    (["--model", "tests.fastnas._models:tiny_cnn", "--latency", "50%", "--threads", "0"], "--threads must be >= 1"),
     (["--model", "tests.fastnas._models:tiny_cnn", "--flops", "1%"], "cannot be met: the smallest subnet"),
 ])
 def test_prune_errors_are_one_line(args: list[str], message: str, tmp_path: Path,

@@ -4,8 +4,10 @@ Both build on :class:`modeopt_core.searcher.IterativeSearcher` (history, best, c
 subnets, resumable checkpoints, progress bar) and add what a supernet needs:
 
 * constraints (``flops``/``params``) are counted analytically by :class:`SubnetProfiler` from the
-  hparam values (one forward pass at the start, none per candidate); percentages refer to the
-  original subnet; a limit that even the smallest subnet misses is rejected before searching;
+  hparam values (one forward pass at the start, none per candidate), and ``latency`` is predicted by
+  a :class:`~modeopt_autonas.space.LatencyModel` built (or loaded from its cache) before the search;
+  percentages refer to the original subnet (for latency: its measured, exported latency); a limit
+  that even the smallest subnet misses is rejected before searching;
 * candidates are drawn until one satisfies the constraints and was not evaluated before (at most
   ``sample_tries`` draws, all from the checkpointed generator), so iterations are not wasted;
 * before a candidate is scored, its batch-norm statistics are re-estimated from ``data_loader`` or
@@ -33,6 +35,7 @@ from modeopt_core import (
     IterativeSearcher,
     ModelProfiler,
     SearchError,
+    distributed,
     recalibrate_batchnorm,
 )
 from modeopt_core.sdk import (
@@ -47,7 +50,7 @@ from modeopt_core.sdk import (
     unpack_dummy_input,
 )
 
-from .space import SearchSpace, SubnetProfiler, get_search_space
+from .space import LATENCY_REPORT_MODES, LatencyModel, SearchSpace, SubnetProfiler, get_search_space
 from .training import _bypass, _has_tracked_batchnorm, supernet_sampler
 
 __all__ = ["EvolveSearcher", "NASSearcher", "RandomSearcher"]
@@ -67,6 +70,9 @@ class _AtConfig:
     def params(self) -> float:
         return self._profiler.params(self._config)
 
+    def latency(self) -> float:
+        return self._profiler.latency(self._config)
+
 
 class _Member(BaseModel):
     """A scored candidate of an evolutionary generation, as checkpointed."""
@@ -83,8 +89,11 @@ class NASSearcher(IterativeSearcher):
     Subclasses implement :meth:`propose` (a config drawn with ``self.rng``). Config keys added to the
     core's: ``calibrate_bn`` (re-estimate batch-norm statistics per scored candidate, default True;
     False scores with the supernet's statistics), ``min_calibration_batches`` (fewer calibration
-    batches raise, default 8) and ``sample_tries`` (draws per iteration to find an unseen candidate
-    that satisfies the constraints, default 100).
+    batches raise, default 8), ``sample_tries`` (draws per iteration to find an unseen candidate
+    that satisfies the constraints, default 100), ``latency_options`` (options of the
+    :class:`~modeopt_autonas.space.LatencyModel` built for a ``latency`` limit, default None) and
+    ``latency_report`` (``"final"``: time the chosen and the original subnet's exports for the results;
+    ``"visited"``: also every scored candidate; ``"off"``).
     """
 
     # A checkpoint after every iteration, unless writing it (it grows with the history) would take
@@ -105,6 +114,8 @@ class NASSearcher(IterativeSearcher):
             "calibrate_bn": True,
             "min_calibration_batches": DEFAULT_MIN_CALIBRATION_BATCHES,
             "sample_tries": 100,
+            "latency_options": None,
+            "latency_report": "final",
         }
 
     def sanitize_search_config(self, config: Mapping[str, Any] | None) -> SearchConfig:
@@ -112,6 +123,10 @@ class NASSearcher(IterativeSearcher):
         check_bool(merged, "calibrate_bn")
         check_int(merged, "min_calibration_batches", minimum=1)
         check_int(merged, "sample_tries", minimum=1)
+        LatencyModel.check_options(merged["latency_options"])
+        if merged["latency_report"] not in LATENCY_REPORT_MODES:
+            raise ConfigError(f"search config latency_report={merged['latency_report']!r} is invalid; expected one "
+                              f"of {LATENCY_REPORT_MODES}")
         return merged
 
     # ---- space access -----------------------------------------------------------------------------
@@ -121,7 +136,11 @@ class NASSearcher(IterativeSearcher):
             return None
         args, kwargs = unpack_dummy_input(self.dummy_input)
         with _bypass(self.model):
-            return SubnetProfiler(self.space, *args, **kwargs)
+            profiler = SubnetProfiler(self.space, *args, **kwargs)
+            if "latency" in self.constraints.names:
+                options = {"verbose": self.config["verbose"], **(self.config["latency_options"] or {})}
+                profiler.latency_model = LatencyModel.build(self.space, self.dummy_input, **options)
+        return profiler
 
     def select(self, config: Mapping[str, Any]) -> None:
         self.space.select(config)
@@ -164,7 +183,7 @@ class NASSearcher(IterativeSearcher):
             return True
         assert isinstance(self.profiler, SubnetProfiler)
         limits = self.constraints.limits
-        values = {"flops": self.profiler.flops, "params": self.profiler.params}
+        values = {"flops": self.profiler.flops, "params": self.profiler.params, "latency": self.profiler.latency}
         return all(values[name](config) <= limit for name, limit in limits.items())
 
     def sample(self) -> dict[str, Any]:
@@ -204,10 +223,13 @@ class NASSearcher(IterativeSearcher):
             return
         assert isinstance(self.profiler, SubnetProfiler)
         smallest = {n: hp.min for n, hp in self.space.named_hparams(True)}
-        values = {"flops": self.profiler.flops(smallest), "params": self.profiler.params(smallest)}
-        missed = {n: (values[n], lim) for n, lim in self.constraints.limits.items() if values[n] > lim}
+        limits = self.constraints.limits
+        values = {n: float(getattr(self.profiler, n)(smallest)) for n in limits}
+        missed = {n: (values[n], lim) for n, lim in limits.items() if values[n] > lim}
         if missed:
-            detail = ", ".join(f"{n}: smallest subnet {v:,.0f} > limit {lim:,.0f}" for n, (v, lim) in missed.items())
+            detail = ", ".join(
+                f"{n}: smallest subnet {v:.3f} ms > limit {lim:.3f} ms" if n == "latency"
+                else f"{n}: smallest subnet {v:,.0f} > limit {lim:,.0f}" for n, (v, lim) in missed.items())
             raise ConstraintError(
                 f"no subnet can satisfy the constraints {self.constraints.to_dict()} ({detail}); relax the "
                 "limits or convert with rules that allow smaller subnets (smaller channel ratios, min_depth)"
@@ -254,17 +276,37 @@ class NASSearcher(IterativeSearcher):
         return super().eval_score()
 
     def after_search(self) -> None:
-        """Select the best subnet (or the starting one) and re-estimate its batch-norm statistics."""
+        """Select the best subnet (or the starting one) and re-estimate its batch-norm statistics; with a
+        latency model, time the exported subnet (``latency_report``)."""
         super().after_search()
         self._recalibrate()
+        self._latency_report: dict[str, Any] | None = None
+        latency = self._latency_model()
+        if latency is not None and self.config["latency_report"] != "off":
+            visited = ([c["config"] for c in self.history if c["satisfied"] and not c["cached"]]
+                       if self.config["latency_report"] == "visited" else [])
+            config = self.current_config()
+            self._latency_report = distributed.run_on_main(lambda: latency.report(config, visited))
+
+    def _latency_model(self) -> LatencyModel | None:
+        return self.profiler.latency_model if isinstance(self.profiler, SubnetProfiler) else None
 
     def results(self) -> dict[str, Any]:
-        """Adds ``subnet`` (the selected config) and ``calibration_batches`` (last recalibration)."""
-        return {
+        """Adds ``subnet`` (the selected config), ``calibration_batches`` (last recalibration) and, with a
+        latency constraint, ``latency`` (predicted and measured milliseconds before/after, calibration)."""
+        out = {
             **super().results(),
             "subnet": self.current_config(),
             "calibration_batches": getattr(self, "calibration_batches", 0),
         }
+        latency = self._latency_model()
+        if latency is not None:
+            original = {n: hp.original for n, hp in self.space.named_hparams(True)}
+            out["latency"] = {
+                "before": latency.latency(original), "after": latency.latency(), "unit": "ms",
+                **(getattr(self, "_latency_report", None) or {}), "calibration": latency.calibration,
+            }
+        return out
 
     def run_search(self) -> None:
         """The core's loop with training-time sampling bypassed; on error the model is put back."""

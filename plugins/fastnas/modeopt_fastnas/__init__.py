@@ -1,9 +1,9 @@
-"""FastNAS for modeopt: prune a model's channels to a FLOPs/params budget.
+"""FastNAS for modeopt: prune a model's channels to a FLOPs/params/latency budget.
 
 ``prune(model, {"flops": "50%"}, dummy_input, {"score_func": ...})`` converts the model with the
 ``fastnas`` mode, measures how much the score drops when each layer is narrowed (a sensitivity map),
-and bisects over a drop threshold until the analytic FLOPs/params meet the budget. See
-``docs/fastnas.md``.
+and bisects over a drop threshold until the analytic FLOPs/params (and the latency predicted by a
+measured, cached table of the layers on this device) meet the budget. See ``docs/fastnas.md``.
 """
 
 from __future__ import annotations

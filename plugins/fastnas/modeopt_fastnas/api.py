@@ -25,15 +25,17 @@ def prune(
     """Convert ``model`` with the ``fastnas`` mode (unless it already is) and search it to the budget.
 
     Args:
-        constraints: ``{"flops": "50%"}``, ``{"params": 1e6}`` or both (upper limits).
-        dummy_input: an input for ``model`` (counts FLOPs; its batch size scales absolute FLOP limits).
+        constraints: ``{"flops": "50%"}``, ``{"params": 1e6}``, ``{"latency": "60%"}`` (of the original's
+            measured latency, or milliseconds) or several of them (upper limits).
+        dummy_input: an input for ``model`` (counts FLOPs and is what latency is timed on; its batch size
+            scales absolute FLOP and latency limits).
         config: the search config (``score_func`` is required; see :class:`~modeopt_fastnas.BinarySearcher`).
         mode_config: the ``fastnas`` mode config (rules per module type); default: the FastNAS defaults.
 
     Returns:
         ``(model, results)``: the model at the chosen subnet (still a search space: export it with
         ``modeopt_core.export(model)``) and the search results (sensitivity map, subnet, FLOPs/params
-        before and after, evaluations, timings).
+        before and after, evaluations, timings; with a latency limit, predicted and measured latency).
 
     Everything that can be checked up front is checked before the model is converted: the model, a
     non-empty budget, a dummy input, the search config and the mode config. If the search fails

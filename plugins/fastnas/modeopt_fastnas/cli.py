@@ -20,7 +20,7 @@ __all__ = ["DEMO_HELP", "PRUNE_HELP", "configure_demo", "configure_prune", "run_
 
 _log = logging.getLogger(__name__)
 
-PRUNE_HELP = "prune any model factory's channels to a FLOPs/params budget with FastNAS and save it"
+PRUNE_HELP = "prune any model factory's channels to a FLOPs/params/latency budget with FastNAS and save it"
 DEMO_HELP = "train a small CNN on scikit-learn's digits, prune it to 50% FLOPs, fine-tune, compare (~1-3 min)"
 
 
@@ -72,6 +72,12 @@ def configure_prune(parser: argparse.ArgumentParser) -> None:
                         help="shape of the dummy input the FLOPs are counted on (e.g. 1,3,224,224)")
     parser.add_argument("--flops", type=_limit, help="FLOPs budget: a percentage of the original (60%%) or a count")
     parser.add_argument("--params", type=_limit, help="parameter budget: a percentage (50%%) or a count")
+    parser.add_argument("--latency", type=_limit,
+                        help="latency budget on this machine: a percentage of the original's measured latency (60%%) "
+                             "or milliseconds (12.5), for a batch of --input-shape; the layers are timed once and "
+                             "cached (MODEOPT_CACHE_DIR)")
+    parser.add_argument("--threads", type=int, metavar="N",
+                        help="torch intra-op threads for the search and the latency measurements (default: torch's)")
     parser.add_argument("--out", required=True, type=Path, metavar="FILE",
                         help="where to save the pruned, exported model (modeopt safetensors checkpoint)")
     parser.add_argument("--score", metavar="MODULE:FUNCTION",
@@ -89,8 +95,10 @@ def run_prune(args: argparse.Namespace) -> int:
     from .api import prune
     from .scores import OutputAgreement, random_inputs
 
-    if args.flops is None and args.params is None:
-        raise ConfigError("give a budget: --flops (e.g. 60%) and/or --params")
+    if args.flops is None and args.params is None and args.latency is None:
+        raise ConfigError("give a budget: --flops (e.g. 60%), --params and/or --latency (e.g. 60% or 12.5 ms)")
+    if args.threads is not None and args.threads < 1:
+        raise ConfigError(f"--threads must be >= 1, got {args.threads}")
     if args.score_batch_size < 1:
         raise ConfigError(f"--score-batch-size must be >= 1, got {args.score_batch_size}")
     factory = _load_object(args.model, "--model")
@@ -106,13 +114,20 @@ def run_prune(args: argparse.Namespace) -> int:
         shape = (args.score_batch_size, *args.input_shape[1:])
         score = OutputAgreement(model, random_inputs(shape, num_batches=1, seed=args.seed))
         score_name = "output agreement"
-    constraints = {k: v for k, v in (("flops", args.flops), ("params", args.params)) if v is not None}
+    limits = (("flops", args.flops), ("params", args.params), ("latency", args.latency))
+    constraints = {k: v for k, v in limits if v is not None}
     config: dict[str, Any] = {"score_func": score, "verbose": not getattr(args, "quiet", False)}
     if args.checkpoint is not None:
         config["checkpoint"] = str(args.checkpoint)
-    start = time.perf_counter()
-    model, results = prune(model, constraints, dummy, config)
-    elapsed = time.perf_counter() - start
+    threads = torch.get_num_threads()
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    try:
+        start = time.perf_counter()
+        model, results = prune(model, constraints, dummy, config)
+        elapsed = time.perf_counter() - start
+    finally:
+        torch.set_num_threads(threads)
     model = export(model)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     save(model, args.out)
@@ -122,6 +137,8 @@ def run_prune(args: argparse.Namespace) -> int:
               f"({results['num_score_evals']} score evaluations, {score_name})\n")
     out.write(f"  FLOPs   {f['before']:>14,} -> {f['after']:>14,}  ({100 * results['flops_ratio']:.1f}%)\n")
     out.write(f"  params  {p['before']:>14,} -> {p['after']:>14,}  ({100 * results['params_ratio']:.1f}%)\n")
+    if "latency" in results:
+        out.write(_latency_line(results["latency"]))
     out.write(f"  score   {results['original_score']:>14.4g} -> predicted >= {results['predicted_score']:.4g} "
               "(worst single-layer drop; layers interact, so measure the real score)\n")
     out.write(f"saved {args.out} ({args.out.stat().st_size:,} bytes); load it with "
@@ -129,6 +146,14 @@ def run_prune(args: argparse.Namespace) -> int:
     if not results["bn_recalibrated"]:
         out.write("note: BatchNorm statistics were not re-estimated (no data); fine-tune or recalibrate before use\n")
     return 0
+
+
+def _latency_line(lat: dict[str, Any]) -> str:
+    line = f"  latency {lat['before']:>11.3f} ms -> {lat['after']:>11.3f} ms  ({100 * lat['after'] / lat['before']:.1f}%, predicted)"
+    if "measured_after" in lat:
+        line += (f"; measured on the export {lat['measured_before']:.3f} -> {lat['measured_after']:.3f} ms "
+                 f"({100 * lat['measured_ratio']:.1f}%), prediction error {100 * lat['error']:+.1f}%")
+    return line + "\n"
 
 
 def configure_demo(parser: argparse.ArgumentParser) -> None:

@@ -1,4 +1,5 @@
-"""Plots of a FastNAS search (matplotlib, optional): the sensitivity map and the thresholds visited."""
+"""Plots of a FastNAS search (matplotlib, optional): the sensitivity map, the thresholds visited, and
+predicted vs measured latency."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["have_matplotlib", "plot_sensitivity_map", "plot_thresholds"]
+__all__ = ["have_matplotlib", "plot_latency", "plot_sensitivity_map", "plot_thresholds"]
 
 
 def have_matplotlib() -> bool:
@@ -68,6 +69,34 @@ def plot_thresholds(visited: Sequence[Mapping[str, Any]], reference_flops: float
     ax.set_xlabel("FLOPs (% of the original)")
     ax.set_ylabel(score_name)
     ax.set_title("Thresholds visited by the binary search (numbers: step)")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    out = Path(path)
+    fig.savefig(out, dpi=120)
+    return out
+
+
+def plot_latency(points: Sequence[Mapping[str, Any]], path: str | Path, title: str = "",
+                 tolerance: float = 0.10) -> Path:
+    """Predicted against measured latency (ms), one dot per subnet, with the ``y = x`` line and a
+    ``tolerance`` band. Each point needs ``predicted`` and ``measured``, optionally a ``label``."""
+    fig = _figure(5.5, 5)
+    ax = fig.add_subplot()
+    xs = [float(p["measured"]) for p in points]
+    ys = [float(p["predicted"]) for p in points]
+    ax.scatter(xs, ys, c="tab:blue", zorder=3)
+    for p, x, y in zip(points, xs, ys):
+        if p.get("label"):
+            ax.annotate(str(p["label"]), (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    top = 1.1 * max(xs + ys) if points else 1.0
+    ax.plot([0, top], [0, top], color="grey", linestyle="--", label="prediction = measurement")
+    ax.fill_between([0, top], [0, top * (1 - tolerance)], [0, top * (1 + tolerance)], color="grey", alpha=0.15,
+                    label=f"within {100 * tolerance:.0f}%")
+    ax.set_xlim(0, top)
+    ax.set_ylim(0, top)
+    ax.set_xlabel("measured latency of the exported subnet (ms)")
+    ax.set_ylabel("predicted latency (ms)")
+    ax.set_title(title or "Latency model: predicted vs measured")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
     out = Path(path)

@@ -13,7 +13,9 @@ Phases of :meth:`BinarySearcher.search` on a model converted with the ``fastnas`
 4. *Binary search*: a threshold ``t`` selects, for every hparam, its smallest choice whose (monotone)
    drop is <= ``t``. The subnet only changes when ``t`` crosses a drop in the map, so the search is an
    exact bisection over those values; each step is an analytic FLOPs/params count (microseconds), no
-   model run. The result is the lowest threshold whose subnet meets every constraint.
+   model run. The result is the lowest threshold whose subnet meets every constraint. A ``latency``
+   constraint is checked against a :class:`~modeopt_autonas.space.LatencyModel` of the space (built
+   or loaded from its cache before the search) and kept exact as described in :mod:`.latency`.
 5. *Finish*: select that subnet and re-estimate BatchNorm statistics for it.
 """
 
@@ -31,7 +33,14 @@ import torch
 from pydantic import Field, JsonValue
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from modeopt_autonas.space import Hparam, SearchSpace, SubnetProfiler, get_search_space
+from modeopt_autonas.space import (
+    LATENCY_REPORT_MODES,
+    Hparam,
+    LatencyModel,
+    SearchSpace,
+    SubnetProfiler,
+    get_search_space,
+)
 from modeopt_core import (
     ConfigError,
     ConstraintError,
@@ -54,6 +63,7 @@ from modeopt_core.sdk import (
 )
 
 from ._sharded_sensitivity import sharded_sensitivity_map
+from .latency import bisectable_thresholds, drop_slower_choices
 from .sensitivity import PruningKey, monotone_drops, pruning_keys, subnet_for_threshold, threshold_candidates
 
 __all__ = ["BN_CALIBRATION_MODES", "BinarySearcher"]
@@ -72,7 +82,7 @@ def _fmt(value: float) -> str:
 
 
 class BinarySearcher(IterativeSearcher):
-    """FastNAS search (see the module doc). Needs ``score_func`` and a ``flops`` and/or ``params`` budget.
+    """FastNAS search (see the module doc). Needs ``score_func`` and a ``flops``, ``params`` and/or ``latency`` budget.
 
     Search-config keys on top of the searcher base's:
 
@@ -90,11 +100,17 @@ class BinarySearcher(IterativeSearcher):
       hparam are then not evaluated.
     * ``num_iters`` (default 100): cap on binary-search steps (it needs about log2 of the number of
       distinct drops).
+    * ``latency_options`` (default None): options of the :class:`~modeopt_autonas.space.LatencyModel`
+      built when a ``latency`` limit is given (``LATENCY_OPTIONS``: timer, runs, cache_dir, ...).
+    * ``latency_report`` (default ``"final"``): which exported subnets are timed for the results'
+      ``latency`` entry (``LATENCY_REPORT_MODES``; ``"visited"`` adds every binary-search step).
 
     Resuming: the checkpoint (``checkpoint`` key) holds the original score and the finished hparams'
     drops. It is tied to the search config, the search space and the dummy input but *not* to the
     constraints: a finished map is reused to prune the same model to another budget in milliseconds.
     """
+
+    resume_compatible_keys = IterativeSearcher.resume_compatible_keys | {"latency_options", "latency_report"}
 
     # Assigned by reset_search() from default_state_dict.
     original_score: float | None
@@ -121,6 +137,8 @@ class BinarySearcher(IterativeSearcher):
         self._timings: dict[str, float] = {}
         self._evals_this_run = self._calibration_batches = 0
         self._bn_recalibrated = False
+        self._dropped_choices: dict[str, list[int]] = {}  # widths predicted no faster than a wider one
+        self._latency_report: dict[str, Any] | None = None
 
     # ----------------------------------------------------------------- configuration
     @property
@@ -132,6 +150,8 @@ class BinarySearcher(IterativeSearcher):
             "bn_calibration": "auto",
             "min_calibration_batches": DEFAULT_MIN_CALIBRATION_BATCHES,
             "zero_drop_tol": 1e-5,
+            "latency_options": None,
+            "latency_report": "final",
         }
 
     @property
@@ -197,6 +217,10 @@ class BinarySearcher(IterativeSearcher):
             )
         check_int(merged, "min_calibration_batches", minimum=1)
         check_float(merged, "zero_drop_tol", minimum=0.0)
+        LatencyModel.check_options(merged["latency_options"])
+        if merged["latency_report"] not in LATENCY_REPORT_MODES:
+            raise ConfigError(f"search config latency_report={merged['latency_report']!r} is invalid; expected one "
+                              f"of {LATENCY_REPORT_MODES}")
         return merged
 
     @property
@@ -212,7 +236,8 @@ class BinarySearcher(IterativeSearcher):
 
     # ----------------------------------------------------------------- search space plumbing
     def make_profiler(self) -> ModelProfiler | None:
-        """The analytic :class:`SubnetProfiler` of the model's search space (one forward pass, then free)."""
+        """The analytic :class:`SubnetProfiler` of the model's search space (one forward pass, then free),
+        with a :class:`LatencyModel` attached when a ``latency`` limit is given."""
         self.space = get_search_space(self.model)
         space_hps = {id(self.space.group_hparam(g.id)) for g in self.space.structure.groups}
         space_hps |= {id(hp) for hp in self.space.block_hparams().values()}  # blocks that may be dropped
@@ -222,6 +247,9 @@ class BinarySearcher(IterativeSearcher):
         args, kwargs = unpack_dummy_input(self.dummy_input)
         with self.space.driver_paused():
             self._profiler = SubnetProfiler(self.space, *args, **kwargs)
+            if "latency" in self.constraints.names:
+                options = {"verbose": self.config["verbose"], **(self.config["latency_options"] or {})}
+                self._profiler.latency_model = LatencyModel.build(self.space, self.dummy_input, **options)
         return self._profiler
 
     @property
@@ -343,6 +371,12 @@ class BinarySearcher(IterativeSearcher):
                     "bn_calibration='off'); re-estimate them (modeopt_core.calibration.recalibrate_batchnorm) or "
                     "fine-tune before evaluating",
                 )
+            latency = self._counter().latency_model
+            if latency is not None and self.config["latency_report"] != "off":
+                t0 = time.perf_counter()
+                visited = [t["subnet"] for t in self.thresholds_visited] if self.config["latency_report"] == "visited" else []
+                self._latency_report = distributed.run_on_main(lambda: latency.report(self.current_config(), visited))
+                self._timings["latency_report_s"] = time.perf_counter() - t0
 
     # ----------------------------------------------------------------- phases
     def _smallest_subnet(self) -> dict[str, int]:
@@ -351,21 +385,27 @@ class BinarySearcher(IterativeSearcher):
         return subnet
 
     def _check_feasible(self) -> None:
-        counter = self._counter()
         smallest = self._smallest_subnet()
-        values = {"flops": counter.flops(smallest), "params": counter.params(smallest)}
-        reference = {"flops": counter.flops(), "params": counter.params()}
         limits = self.constraints.limits
+        shown = ["flops", "params", *(n for n in limits if n not in ("flops", "params"))]
+        values = {n: self._count(n, smallest) for n in shown}
+        reference = {n: self._count(n) for n in shown}
         missed = [n for n in limits if values[n] > limits[n]]
         if not missed:
             return
-        want = ", ".join(f"{n} <= {_fmt(limits[n])} ({100 * limits[n] / reference[n]:.1f}%)" for n in missed)
-        got = " and ".join(f"{n} {_fmt(v)} ({100 * v / reference[n]:.1f}%)" for n, v in values.items())
+        unit = {"latency": " ms"}
+        want = ", ".join(f"{n} <= {_fmt(limits[n])}{unit.get(n, '')} ({100 * limits[n] / reference[n]:.1f}%)"
+                         for n in missed)
+        got = " and ".join(f"{n} {_fmt(v)}{unit.get(n, '')} ({100 * v / reference[n]:.1f}%)" for n, v in values.items())
         raise ConstraintError(
             f"the budget {want} cannot be met: the smallest subnet of this search space has {got} of the original. "
             "Relax the constraint, or allow narrower layers in the fastnas config (smaller ratios, a smaller "
             "channel_divisor/feature_divisor, a larger min_width_steps, fewer frozen modules)"
         )
+
+    def _count(self, name: str, config: dict[str, int] | None = None) -> float:
+        """``flops``, ``params`` or ``latency`` (predicted ms) of the active subnet or of ``config``."""
+        return float(getattr(self._counter(), name)(config))
 
     def _calibrate(self) -> None:
         assert self.forward_loop is not None
@@ -470,7 +510,17 @@ class BinarySearcher(IterativeSearcher):
         self._drops = {n: monotone_drops(self.sensitivity_raw[n]) for n in self._targets}
         widest = {n: hp.max for n, hp in self._space().named_hparams(True)}
         self._keys = pruning_keys(self._drops, lambda name, choice: counter.flops({**widest, name: choice}))
+        limits = self.constraints.limits
+        if "latency" in limits:  # see .latency: prefer faster widths, keep the bisection exact
+            self._keys, self._dropped_choices = drop_slower_choices(
+                self._keys, lambda name, choice: counter.latency({**widest, name: choice}))
         thresholds = threshold_candidates(self._keys)
+        if "latency" in limits:
+            def fits(t: Any) -> bool:
+                subnet = {**widest, **subnet_for_threshold(self._keys, t)}
+                return all(self._count(n, subnet) <= limit for n, limit in limits.items())
+
+            thresholds = bisectable_thresholds(thresholds, fits)
         lo, hi = -1, len(thresholds) - 1  # thresholds[hi] satisfies (checked up front); lo never does
         index = hi
         while self.iter_num < self.config["num_iters"]:
@@ -485,6 +535,7 @@ class BinarySearcher(IterativeSearcher):
                 "predicted_score": self.eval_score(),
                 "flops": counter.flops(),
                 "params": counter.params(),
+                **({"latency": counter.latency()} if counter.latency_model is not None else {}),
                 "satisfied": candidate["satisfied"],
                 "subnet": dict(candidate["config"]),
             })
@@ -551,4 +602,15 @@ class BinarySearcher(IterativeSearcher):
             "calibration_batches": self._calibration_batches,
             "pruned_hparams": list(self._targets),
         })
+        latency = counter.latency_model
+        if latency is not None:
+            before_ms, after_ms = counter.latency(original), counter.latency()
+            res["latency"] = {
+                "before": before_ms, "after": after_ms, "unit": "ms",
+                **(self._latency_report or {}),
+                "slower_widths_skipped": {n: list(c) for n, c in self._dropped_choices.items()},
+                "calibration": latency.calibration,
+            }
+            res["latency_ratio"] = after_ms / before_ms
+            res["timings"]["latency_model_s"] = latency.stats["build_s"]
         return res

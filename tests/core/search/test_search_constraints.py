@@ -73,9 +73,9 @@ def test_parse_rejects_bad_limits(raw: object, fragment: str) -> None:
 
 
 def test_unknown_keys_and_non_mapping_list_accepted_keys() -> None:
-    with pytest.raises(ConstraintError, match=r"unknown constraint\(s\) \['latency'\].*\['flops', 'params'\]"):
-        Constraints.parse({"latency": 3, "flops": 5})
-    with pytest.raises(ConstraintError, match=r"must be a dict.*\['flops', 'params'\]"):
+    with pytest.raises(ConstraintError, match=r"unknown constraint\(s\) \['energy'\].*\['flops', 'params', 'latency'\]"):
+        Constraints.parse({"energy": 3, "flops": 5})
+    with pytest.raises(ConstraintError, match=r"must be a dict.*\['flops', 'params', 'latency'\]"):
         Constraints.parse([("flops", 3)])  # type: ignore[arg-type]
 
 
@@ -186,7 +186,7 @@ def test_forward_profiler_flops_match_hand_computed_macs_on_conv_and_linear() ->
     # Doubling the batch doubles the FLOPs: they are counted for the dummy input as given.
     assert ForwardProfiler(model, torch.randn(4, 3, 16, 16)).flops() == 2 * (conv1 + conv2 + fc)
     with pytest.raises(ConstraintError, match="cannot measure"):
-        profiler.measure(["latency"])
+        profiler.measure(["energy"])
 
 
 def test_forward_profiler_counts_only_parameters_used_and_tied_once() -> None:
@@ -215,4 +215,4 @@ def test_forward_profiler_restores_modes_and_needs_dummy_input() -> None:
 
 
 def test_constraint_names_constant() -> None:
-    assert CONSTRAINT_NAMES == ("flops", "params")
+    assert CONSTRAINT_NAMES == ("flops", "params", "latency")

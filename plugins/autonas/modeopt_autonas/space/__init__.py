@@ -12,6 +12,9 @@ import AutoNAS's supernet training or evolutionary search (``modeopt_autonas.mod
 - modes: :class:`NASModeBase` (convert/restore/save of a NAS mode), :class:`ExportNASMode`
   (``export_nas``), the rule configs (:class:`NASRuleConfig`, :func:`nas_rules`, rule classes),
   :func:`get_search_space`, :func:`has_search_space`;
+- latency: :class:`LatencyModel` (a measured, cached latency table of the space on this device, for
+  the ``latency`` constraint), :data:`LATENCY_OPTIONS`, :data:`LATENCY_REPORT_MODES`,
+  :func:`default_latency_cache_dir`, :class:`LatencyCacheError`, :class:`LatencyCacheWarning`;
 - model functions: :func:`select`, :func:`sample`, :func:`get_subnet_config`, :func:`profile_subnet`,
   :func:`profile_search_space`, :func:`recalibrate_bn`, :func:`print_search_space`, ...;
 - extending: :class:`LayerType` records (spec + :class:`DynamicModule` class + rules) registered through
@@ -43,6 +46,14 @@ from .errors import (
     SubnetConfigError,
 )
 from .hparam import Hparam, make_divisible
+from .latency import (
+    LATENCY_OPTIONS,
+    LATENCY_REPORT_MODES,
+    LatencyCacheError,
+    LatencyCacheWarning,
+    LatencyModel,
+    default_latency_cache_dir,
+)
 from .layers import (
     LAYERS,
     RULE_KEYS,
@@ -74,6 +85,8 @@ from .structure import SpaceStructure
 __all__ = [
     "BUILTIN_LAYER_TYPES",
     "DEFAULT_CALIBRATION_BATCHES",
+    "LATENCY_OPTIONS",
+    "LATENCY_REPORT_MODES",
     "LAYERS",
     "RULE_KEYS",
     "SAMPLE_MODES",
@@ -90,6 +103,9 @@ __all__ = [
     "Hparam",
     "HparamValueError",
     "KernelSize",
+    "LatencyCacheError",
+    "LatencyCacheWarning",
+    "LatencyModel",
     "LayerRegistry",
     "LayerSpec",
     "LayerType",
@@ -109,6 +125,7 @@ __all__ = [
     "buffer_view",
     "channel_norm_spec",
     "conv_spec",
+    "default_latency_cache_dir",
     "get_search_space",
     "get_subnet_config",
     "group_norm_spec",

@@ -10,8 +10,7 @@ FLOPs inside every module. Afterwards a query needs no model run:
   widths they depend on. Which widths, and which powers, is measured once by *probing*: one more
   forward per width hparam at its smallest choice (only when such FLOPs exist);
 * dropped blocks (elastic depth) remove their whole measured FLOPs and parameters; everything else is
-  a constant.
-
+  a constant;
 * a dynamic layer whose FLOPs are a sum of parts that scale differently (attention: projections scale
   with heads x width, the attention matmuls with the heads alone) names the parts itself
   (``dynamic_flops_terms``); they are checked against the measured FLOPs.
@@ -23,6 +22,10 @@ kernels). The measuring forward runs under ``no_grad`` (as a user's count would)
 where ``FlopCounterMode`` fails under ``no_grad`` (views of parameters passed between modules), and with
 torch's fused attention fast paths off, so that FLOPs are attributed to the modules that compute them
 (``nn.TransformerEncoderLayer``'s fused kernel bypasses its submodules and has no formula at all).
+
+With a :class:`~modeopt_autonas.space.LatencyModel` attached (``latency_model``), the profiler also
+answers ``latency()``: the model's calibrated prediction in milliseconds, so the ``latency``
+constraint is checked like the other two.
 """
 
 from __future__ import annotations
@@ -38,11 +41,14 @@ from torch import nn
 from torch.utils import flop_counter
 from torch.utils.flop_counter import FlopCounterMode
 
+from modeopt_core import ConstraintError
+
 from .dynamic import DimBinding, DynamicBlock, DynamicModule, DynamicSequential, DynamicTensors, FlopsTerm
 from .errors import HparamValueError, SubnetConfigError
 from .hparam import Hparam
 
 if TYPE_CHECKING:
+    from .latency import LatencyModel
     from .search_space import SearchSpace
 
 __all__ = ["SubnetProfiler", "register_attention_flops"]
@@ -110,6 +116,9 @@ class SubnetProfiler:
         *args: positional arguments of a dummy input for ``space.model``.
         **kwargs: keyword arguments of that dummy input.
     """
+
+    latency_model: LatencyModel | None = None
+    """The latency model ``latency()`` asks (None: the profiler cannot check latency)."""
 
     def __init__(self, space: SearchSpace, *args: Any, **kwargs: Any) -> None:
         register_attention_flops()
@@ -358,3 +367,12 @@ class SubnetProfiler:
         return self._params_const + sum(
             self._sized(v, widths, size) for size, conds in self._param_terms if self._alive(v, conds)
         )
+
+    def latency(self, config: Mapping[str, int] | None = None) -> float:
+        """Predicted milliseconds of the active subnet (or of ``config``) from :attr:`latency_model`."""
+        if self.latency_model is None:
+            raise ConstraintError(
+                "this profiler has no latency model, so it cannot check a latency constraint; attach one "
+                "(profiler.latency_model = LatencyModel.build(space, dummy_input))"
+            )
+        return self.latency_model.latency(config)
