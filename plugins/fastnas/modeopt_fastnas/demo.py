@@ -38,6 +38,10 @@ _BASELINE_EPOCHS = 8
 _CALIBRATION_BATCHES = 8
 _LATENCY_BATCH = 256
 
+#: the ``kd_loss`` config of ``modeopt demo --distill`` and ``bench/distill_digits.py`` (chosen there with
+#: ``--tune`` on a validation split)
+DISTILL_CONFIG: dict[str, Any] = {"temperature": 4.0, "student_loss_weight": 0.5, "pairs": [{"weight": 0.5}]}
+
 
 @dataclass
 class DemoResult:
