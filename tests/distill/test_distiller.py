@@ -38,7 +38,8 @@ def test_combined_loss_is_the_weighted_sum_of_the_terms(student: nn.Module, teac
         t_out, t_feat = teacher(x), teacher.features(x)
     p_t = F.softmax(t_out / 2, 1)
     kl = (p_t * (p_t.log() - F.log_softmax(out / 2, 1))).sum(1).mean() * 4
-    mse = F.mse_loss(model.modeopt_kd_adapters["1"](_features(model, x)), t_feat)
+    mse = F.mse_loss(F.conv2d(_features(model, x), model.modeopt_kd_adapter1_weight[:, :, None, None],
+                              model.modeopt_kd_adapter1_bias), t_feat)
     cos = (1 - F.cosine_similarity(out, t_out, dim=1)).mean()
     assert list(terms) == ["output kl_div", "features mse", "head cosine"]
     for got, want in zip(terms.values(), (kl, mse, cos)):
@@ -176,5 +177,5 @@ def test_a_copied_student_shares_the_teacher_but_not_the_captures(student: nn.Mo
         model.compute_kd_loss()  # the twin's forward is not the original's
     model(x)
     assert torch.equal(twin.compute_kd_loss(), model.compute_kd_loss())
-    assert twin.modeopt_kd_adapters["1"].weight is not model.modeopt_kd_adapters["1"].weight
+    assert twin.modeopt_kd_adapter1_weight is not model.modeopt_kd_adapter1_weight
     assert md.attach_teacher(twin, teacher) is teacher

@@ -17,7 +17,6 @@ functions here are for DDP-wrapped students and for re-attaching a teacher after
 
 from __future__ import annotations
 
-from .adapters import ChannelAdapter
 from .api import attach_teacher, compute_kd_loss, is_distilling
 from .config import LOSSES, ExportStudentConfig, KDLossConfig, LayerPair
 from .errors import DistillError, LayerNotFoundError, ShapeMismatchError, TeacherMismatchError, TeacherMissingError
@@ -25,7 +24,6 @@ from .modes import ExportStudentMode, KDLossMode
 
 __all__ = [
     "LOSSES",
-    "ChannelAdapter",
     "DistillError",
     "ExportStudentConfig",
     "ExportStudentMode",

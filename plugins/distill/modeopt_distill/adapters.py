@@ -1,4 +1,10 @@
-"""Learned channel projections that let a narrower (pruned) student layer be matched to its teacher layer."""
+"""Learned channel projections that let a narrower (pruned) student layer be matched to its teacher layer.
+
+An adapter's weight and bias are registered as parameters of the student's root module, named
+``modeopt_kd_adapter<i>_weight`` / ``_bias`` for pair ``i``: they are then in ``parameters()``
+(optimisers, DDP), in ``state_dict()`` (checkpoints) and follow ``.to()``, without adding a
+submodule (an ``nn.Sequential`` student runs every submodule it has).
+"""
 
 from __future__ import annotations
 
@@ -10,44 +16,44 @@ from torch import nn
 
 from .errors import ShapeMismatchError
 
-__all__ = ["ADAPTERS_NAME", "ChannelAdapter"]
+__all__ = ["ADAPTER_PREFIX", "adapter_names", "new_adapter", "project"]
 
-#: the submodule of the student that holds the adapters while it is distilled (``export_student`` drops it)
-ADAPTERS_NAME = "modeopt_kd_adapters"
+ADAPTER_PREFIX = "modeopt_kd_adapter"
 
 
-class ChannelAdapter(nn.Module):
-    """``y = W x + b`` along ``dim``: maps ``in_channels`` student channels to ``out_channels`` teacher channels.
+def adapter_names(key: str) -> tuple[str, str]:
+    """The root-parameter names of the weight and bias of pair ``key``'s adapter."""
+    return f"{ADAPTER_PREFIX}{key}_weight", f"{ADAPTER_PREFIX}{key}_bias"
 
-    A student narrower than ``in_channels`` (a smaller subnet of a supernet, whose active channels are
-    the leading ones) uses the leading columns of ``W``. Initialised deterministically (seeded), so
-    converting twice gives the same adapter and the global RNG is left alone.
+
+def new_adapter(in_channels: int, out_channels: int, *, seed: int, device: torch.device | None = None,
+                dtype: torch.dtype | None = None) -> tuple[nn.Parameter, nn.Parameter]:
+    """A fresh ``(weight (out, in), bias (out,))``, initialised like ``nn.Linear`` from a seeded generator.
+
+    Seeded: applying the mode twice gives the same adapter, and the global RNG is left alone. On the
+    ``meta`` device (a checkpoint's dry run) nothing is initialised.
     """
+    weight = torch.empty(out_channels, in_channels, dtype=dtype)
+    bias = torch.empty(out_channels, dtype=dtype)
+    meta = device is not None and torch.device(device).type == "meta"
+    if not meta:
+        gen = torch.Generator().manual_seed(seed)
+        bound = 1.0 / math.sqrt(in_channels)
+        weight.uniform_(-bound, bound, generator=gen)
+        bias.uniform_(-bound, bound, generator=gen)
+    if device is not None:
+        weight, bias = weight.to(device), bias.to(device)
+    return nn.Parameter(weight), nn.Parameter(bias)
 
-    def __init__(self, in_channels: int, out_channels: int, dim: int, *, seed: int = 0,
-                 device: torch.device | None = None, dtype: torch.dtype | None = None) -> None:
-        super().__init__()
-        self.in_channels, self.out_channels, self.dim = in_channels, out_channels, dim
-        weight = torch.empty(out_channels, in_channels, dtype=dtype)
-        bias = torch.empty(out_channels, dtype=dtype)
-        if device is None or torch.device(device).type != "meta":
-            gen = torch.Generator().manual_seed(seed)
-            bound = 1.0 / math.sqrt(in_channels)  # nn.Linear's default initialisation range
-            weight.uniform_(-bound, bound, generator=gen)
-            bias.uniform_(-bound, bound, generator=gen)
-        self.weight = nn.Parameter(weight.to(device) if device is not None else weight)
-        self.bias = nn.Parameter(bias.to(device) if device is not None else bias)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        channels = x.shape[self.dim]
-        if channels > self.in_channels:
-            raise ShapeMismatchError(
-                f"the student output has {channels} channels along dim {self.dim}, but its adapter was sized for "
-                f"{self.in_channels} (the subnet active when kd_loss was applied); apply kd_loss while the largest "
-                "subnet you will train is selected"
-            )
-        weight = self.weight if channels == self.in_channels else self.weight[:, :channels]
-        return torch.movedim(F.linear(torch.movedim(x, self.dim, -1), weight, self.bias), -1, self.dim)
-
-    def extra_repr(self) -> str:
-        return f"{self.in_channels} -> {self.out_channels} along dim {self.dim}"
+def project(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, dim: int) -> torch.Tensor:
+    """``W x + b`` along ``dim``; a narrower ``x`` (a smaller subnet, active channels leading) uses W's leading columns."""
+    channels, sized = x.shape[dim], weight.shape[1]
+    if channels > sized:
+        raise ShapeMismatchError(
+            f"the student output has {channels} channels along dim {dim}, but its adapter was sized for {sized} (the "
+            "subnet active when kd_loss was applied); apply kd_loss while the largest subnet you will train is selected"
+        )
+    if channels < sized:
+        weight = weight[:, :channels]
+    return torch.movedim(F.linear(torch.movedim(x, dim, -1), weight, bias), -1, dim)

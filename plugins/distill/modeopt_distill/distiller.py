@@ -21,8 +21,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from modeopt_core import ConvertError
+
 from ._space import search_space_of
-from .adapters import ADAPTERS_NAME, ChannelAdapter
+from .adapters import adapter_names, new_adapter, project
 from .config import KDLossConfig, LayerPair
 from .errors import DistillError, ShapeMismatchError, TeacherMissingError
 from .losses import kd_term
@@ -117,12 +119,13 @@ class Distiller:
     """Hooks, teacher and adapters of one distilled student (see the module doc)."""
 
     def __init__(self, model: nn.Module, config: KDLossConfig, teacher: nn.Module | None,
-                 teacher_info: dict[str, Any], adapters: Mapping[str, ChannelAdapter]) -> None:
+                 teacher_info: dict[str, Any], adapters: Mapping[str, Mapping[str, int]]) -> None:
         self.model = model
         self.config = config
         self.teacher = teacher
         self.teacher_info = teacher_info
-        self.adapters = dict(adapters)
+        #: pair index -> {"in", "out", "dim"}; the parameters themselves live on the model
+        self.adapters = {k: dict(v) for k, v in adapters.items()}
         self._phase = "student"  # "student": forwards are the student's; "teacher": an in-place teacher pass
         self._reset()
 
@@ -141,7 +144,7 @@ class Distiller:
         new.config = self.config.model_copy(deep=True)
         new.teacher = self.teacher
         new.teacher_info = copy.deepcopy(self.teacher_info, memo)
-        new.adapters = {k: copy.deepcopy(v, memo) for k, v in self.adapters.items()}
+        new.adapters = copy.deepcopy(self.adapters, memo)
         new._phase = "student"
         new._reset()
         return new
@@ -175,21 +178,28 @@ class Distiller:
                     module._forward_pre_hooks_with_kwargs.pop(key, None)
 
     def install(self) -> None:
-        """Hook the student, add the adapters and the ``compute_kd_loss`` method."""
+        """Hook the student, add the adapters' parameters and the ``compute_kd_loss`` method."""
         self._hook_submodules()
         self.model.register_forward_pre_hook(_InputCapture(self), with_kwargs=True)
         self.model.register_forward_hook(_Capture(self, ""))
-        if self.adapters:
-            self.model.add_module(ADAPTERS_NAME, nn.ModuleDict(self.adapters))
+        param = next(self.model.parameters(), None)
+        device, dtype = (param.device, param.dtype) if param is not None else (None, None)
+        for key, size in sorted(self.adapters.items()):
+            weight, bias = new_adapter(size["in"], size["out"], seed=int(key), device=device, dtype=dtype)
+            for name, value in zip(adapter_names(key), (weight, bias)):
+                if hasattr(self.model, name):
+                    raise ConvertError(f"the student already has an attribute {name!r}; rename it")
+                self.model.register_parameter(name, value)
         self.model.__dict__[_ATTR] = self
         self.model.__dict__[METHOD_NAME] = self.compute
 
     def uninstall(self) -> list[str]:
         """Remove everything :meth:`install` added; return the names of the dropped adapter parameters."""
         dropped = []
-        holder = self.model._modules.pop(ADAPTERS_NAME, None)
-        if holder is not None:
-            dropped = [f"{ADAPTERS_NAME}.{n}" for n, _ in holder.named_parameters()]
+        for key in sorted(self.adapters):
+            for name in adapter_names(key):
+                if self.model._parameters.pop(name, None) is not None:
+                    dropped.append(name)
         self._unhook()
         self.model.__dict__.pop(_ATTR, None)
         self.model.__dict__.pop(METHOD_NAME, None)
@@ -287,7 +297,9 @@ class Distiller:
         s, t = self._value(pair, index, "student"), self._value(pair, index, "teacher")
         adapter = self.adapters.get(str(index))
         if adapter is not None:
-            s = adapter(s)
+            weight, bias = (self.model._parameters[n] for n in adapter_names(str(index)))
+            assert weight is not None and bias is not None
+            s = project(s, weight, bias, adapter["dim"])
         if s.shape != t.shape:
             fix = ("the adapter's output must have the teacher's shape apart from dim"
                    if adapter is not None else "pair layers of equal shape, or set adapter=True to learn a "

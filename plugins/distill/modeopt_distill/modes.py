@@ -4,24 +4,17 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
 from torch import nn
 
 from modeopt_core import ConfigError, ConvertError, Metadata, ModeConfig, ModeDescriptor
 
 from ._space import search_space_of
-from .adapters import ChannelAdapter
 from .config import ExportStudentConfig, KDLossConfig, LayerPair
 from .distiller import Distiller, distiller_of
 from .errors import ShapeMismatchError
 from .teacher import build_teacher, check_layer_names, describe_teacher
 
 __all__ = ["ExportStudentMode", "KDLossMode"]
-
-
-def _placement(model: nn.Module) -> tuple[torch.device | None, torch.dtype | None]:
-    param = next(model.parameters(), None)
-    return (param.device, param.dtype) if param is not None else (None, None)
 
 
 def _adapter_sizes(index: int, pair: LayerPair, student: tuple[int, ...], teacher: tuple[int, ...]) -> dict[str, int]:
@@ -38,12 +31,6 @@ def _adapter_sizes(index: int, pair: LayerPair, student: tuple[int, ...], teache
             f"an adapter only bridges dim {pair.dim}, the other dims must agree"
         )
     return {"in": student[dim], "out": teacher[dim], "dim": pair.dim}
-
-
-def _build_adapters(model: nn.Module, sizes: dict[str, dict[str, int]]) -> dict[str, ChannelAdapter]:
-    device, dtype = _placement(model)
-    return {key: ChannelAdapter(s["in"], s["out"], s["dim"], seed=int(key), device=device, dtype=dtype)
-            for key, s in sizes.items()}
 
 
 def _student_names(config: KDLossConfig) -> list[tuple[str, str]]:
@@ -127,7 +114,7 @@ class KDLossMode(ModeDescriptor):
                     f"pairs{needing} ask for an adapter, which is sized by one probe forward: pass "
                     "mode_kwargs={'dummy_input': <a batch the model accepts>}"
                 )
-        distiller.adapters = _build_adapters(model, sizes)
+        distiller.adapters = sizes
         distiller.install()
         return model, {"teacher": info, "adapters": sizes, "probed": dummy_input is not None}
 
@@ -144,7 +131,7 @@ class KDLossMode(ModeDescriptor):
         if config.teacher_subnet is not None:
             search_space_of(model, required=True)
         sizes = {str(k): {kk: int(vv) for kk, vv in v.items()} for k, v in (metadata.get("adapters") or {}).items()}
-        Distiller(model, config, None, dict(metadata.get("teacher") or {}), _build_adapters(model, sizes)).install()
+        Distiller(model, config, None, dict(metadata.get("teacher") or {}), sizes).install()
         return model
 
 
