@@ -21,6 +21,7 @@ import argparse
 import copy
 import json
 import statistics
+import sys
 import time
 from typing import Any
 
@@ -115,6 +116,7 @@ def _tune(runs: list[dict[str, Any]], train: TensorDataset, val: TensorDataset, 
             acc = statistics.median(
                 accuracy(_finetune(r["pruned"], r["teacher"], config, train, r["seed"], epochs)[0], val_loader)
                 for r in runs)
+            print(f"  tuning: {_describe(config)}: val {acc:.2f}", file=sys.stderr, flush=True)
             rows.append([f"{t:g}", f"{ce:g}", f"{kd:g}", f"{acc:.2f}", f"{acc - plain:+.2f}"])
             if acc > best_acc:
                 best, best_acc = config, acc
@@ -152,6 +154,8 @@ def main(argv: list[str] | None = None) -> int:
     for seed in range(seeds):
         teacher, pruned, figures = _pruned(seed, train, val, widths, epochs, args.flops, quick)
         runs.append({"seed": seed, "teacher": teacher, "pruned": pruned, **figures})
+        print(f"  seed {seed}: baseline trained in {figures['train_s']:.0f} s, pruned in {figures['prune_s']:.0f} s",
+              file=sys.stderr, flush=True)
     config = _tune(runs, train, val, ft_epochs) if args.tune and not quick else dict(DISTILL_CONFIG)
 
     rows, plain_accs, kd_accs, times = [], [], [], {"plain": [], "kd": []}

@@ -179,3 +179,12 @@ def test_a_copied_student_shares_the_teacher_but_not_the_captures(student: nn.Mo
     assert torch.equal(twin.compute_kd_loss(), model.compute_kd_loss())
     assert twin.modeopt_kd_adapter1_weight is not model.modeopt_kd_adapter1_weight
     assert md.attach_teacher(twin, teacher) is teacher
+
+
+def test_inference_mode_forwards_still_work(student: nn.Module, teacher: nn.Module) -> None:
+    model = _kd(student, teacher, {}).eval()
+    with torch.inference_mode():
+        x = batch()[0].clone()
+        out = model(x)
+        loss = model.compute_kd_loss()  # e.g. a validation loss
+    assert out.shape == (2, 10) and float(loss) >= 0

@@ -209,7 +209,9 @@ class Distiller:
     # ---- capturing ----------------------------------------------------------------------------------
     def _start(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         self._reset()
-        self._inputs = (args, kwargs, [(t, t._version) for t in _tensors(args, kwargs)])
+        # inference-mode tensors keep no version counter (and cannot be trained on): nothing to check
+        versions = [(t, t._version) for t in _tensors(args, kwargs) if not t.is_inference()]
+        self._inputs = (args, kwargs, versions)
 
     def _record(self, name: str, output: Any) -> None:
         if self._phase == "student":
