@@ -126,7 +126,8 @@ class Distiller:
         self.teacher_info = teacher_info
         #: pair index -> {"in", "out", "dim"}; the parameters themselves live on the model
         self.adapters = {k: dict(v) for k, v in adapters.items()}
-        self._phase = "student"  # "student": forwards are the student's; "teacher": an in-place teacher pass
+        # "student": forwards are the student's; "teacher": an in-place teacher pass; "external": another teacher runs
+        self._phase = "student"
         self._reset()
 
     def _reset(self) -> None:
@@ -257,10 +258,12 @@ class Distiller:
                 self._teacher_out[name] = output
                 self._teacher_calls[name] += 1
             handles.append(modules[name].register_forward_hook(hook))
+        self._phase = "external"  # a teacher sharing modules with the student must not overwrite its outputs
         try:
             with _flags(teacher, eval_mode), grad:
                 out = teacher(*args, **kwargs)
         finally:
+            self._phase = "student"
             for handle in handles:
                 handle.remove()
         self._teacher_out[""] = out
