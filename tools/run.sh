@@ -22,7 +22,7 @@ setup() {
   # The constraints file pins torch/torchvision so pip never resolves a bare (multi-GB, different) torch.
   "$VENV/bin/python" -m pip install -q --disable-pip-version-check \
     -c requirements-pinned.txt -r requirements-pinned.txt -r requirements-dev.txt \
-    -e . -e plugins/autonas -e plugins/fastnas
+    -e . -e plugins/autonas -e plugins/fastnas -e plugins/distill
   echo "$want" > "$stamp"
 }
 

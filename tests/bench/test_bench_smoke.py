@@ -157,3 +157,15 @@ def test_latency(tmp_path: Path) -> None:
     # on a heavily loaded machine the measured table can make the budget look unreachable: that is reported
     assert "latency 60%" in variants or "the latency search failed" in out
     assert "latency 60%" not in variants or ("prediction error" in out and (tmp_path / "latency-digits.png").exists())
+
+
+def test_distill_digits() -> None:
+    out, (table,) = _run("distill_digits.py")
+    assert table[0][:2] == ["seed", "FLOPs kept"] and [r[0] for r in table[1:]] == ["0", "median"]
+    assert float(table[1][1].rstrip("%")) <= 30.0  # pruned to the 30% budget
+    plain, kd, diff = (float(table[-1][table[0].index(c)]) for c in ("fine-tune 1 ep", "kd_loss 1 ep",
+                                                                        "kd - fine-tune"))
+    assert diff == pytest.approx(kd - plain, abs=0.011)
+    assert re.search(r"^median of 1 seed\(s\): fine-tune [\d.]+%, kd_loss [\d.]+%, difference [+-][\d.]+ points", out,
+                     re.M), out
+    assert '"temperature"' in out  # the distillation config it used

@@ -17,12 +17,13 @@ class Launch:
     """``scenarios`` running on ``world_size`` ranks (gloo, CPU, one thread each); :meth:`wait` for them.
 
     With ``kill_at`` rank 0 SIGKILLs itself inside that score call; the other ranks, then stuck or
-    failing in a collective, are killed too (as torchrun would).
+    failing in a collective, are killed too (as torchrun would). ``worker`` is the module each rank runs
+    (``python -m WORKER WORKDIR SCENARIO...``; other test packages bring their own scenarios).
     """
 
     def __init__(
         self, workdir: Path, scenarios: list[str], world_size: int = 2, *, kill_at: int | None = None,
-        timeout: float = 240.0,
+        timeout: float = 240.0, worker: str = "tests.distributed._worker",
     ) -> None:
         self.scenarios, self.kill_at, self.timeout = scenarios, kill_at, timeout
         store = workdir / f"store.{time.monotonic_ns()}"
@@ -35,7 +36,7 @@ class Launch:
         for rank, log in enumerate(self.logs):
             with open(log, "w") as out:  # a file, not a pipe: a chatty rank can never block on a full pipe
                 self.procs.append(subprocess.Popen(
-                    [sys.executable, "-m", "tests.distributed._worker", str(workdir), *scenarios],
+                    [sys.executable, "-m", worker, str(workdir), *scenarios],
                     cwd=ROOT, env={**env, "RANK": str(rank)}, stdout=out, stderr=subprocess.STDOUT,
                 ))
         self.deadline = time.monotonic() + timeout

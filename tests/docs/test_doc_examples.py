@@ -102,3 +102,24 @@ def test_coming_from_modelopt_script_runs(tmp_path: Path, monkeypatch: pytest.Mo
     out = capsys.readouterr().out
     assert re.fullmatch(r"FLOPs \d+\.\d%, \d+ score evaluations\n", out), out
     assert (tmp_path / "pruned.safetensors").is_file() and (tmp_path / "search.safetensors").is_file()
+
+
+def test_distill_guide_flow_trains_saves_and_exports(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.chdir(tmp_path)
+    page = _as_module("docs_distill_flow", _block("distill.md", 'mo.save(student, "distilling.safetensors")'))
+    assert page.losses[-1] < 0.8 * page.losses[0]  # the distilled student learns
+    assert mo.applied_modes(page.student) == ["kd_loss", "export_student"] and type(page.student) is nn.Sequential
+    mid = mo.restore(nn.Sequential(nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 4)), tmp_path / "distilling.safetensors")
+    assert mo.applied_modes(mid) == ["kd_loss"] and "modeopt_kd_adapter1_weight" in mid.state_dict()
+    x = page.torch.randn(3, 16)
+    assert page.torch.equal(mid(x), page.student(x))
+    done = mo.restore(nn.Sequential(nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 4)), tmp_path / "student.safetensors")
+    assert list(done.state_dict()) == ["0.weight", "0.bias", "2.weight", "2.bias"]
+    assert "['kd_loss', 'export_student'] loss" in capsys.readouterr().out
+
+
+def test_distill_guide_chain_with_fastnas(capsys: pytest.CaptureFixture[str]) -> None:
+    page = _as_module("docs_distill_chain", _block("distill.md", "stands in for mo.search"))
+    assert mo.applied_modes(page.model) == ["fastnas", "kd_loss", "export_student", "export_nas"]
+    assert "export_nas" in capsys.readouterr().out

@@ -117,3 +117,18 @@ def test_demo_runs_end_to_end_and_reuses_its_baseline(tmp_path: Path, capsys: py
     assert again["search"]["baseline_cached"] and again["search"]["resumed"]
     assert again["search"]["num_score_evals"] == 0
     assert again["rows"]["pruned"]["flops"] <= 0.3 * again["rows"]["baseline"]["flops"]
+
+
+def test_demo_distill_without_the_distill_plugin_says_how_to_install_it(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "MODEOPT_PLUGINS": "autonas,fastnas"}  # modeopt-distill installed but not loaded
+    proc = subprocess.run([sys.executable, "-m", "modeopt_core", "-q", "demo", "--distill", "--out", str(tmp_path)],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.startswith("modeopt demo: error: distillation needs the kd_loss mode of the modeopt-distill "
+                                  "plugin, which is not installed")
+    assert "pip install -e plugins/distill" in proc.stderr and "Traceback" not in proc.stderr
+    assert list(tmp_path.iterdir()) == []  # refused before training anything

@@ -21,7 +21,8 @@ __all__ = ["DEMO_HELP", "PRUNE_HELP", "configure_demo", "configure_prune", "run_
 _log = logging.getLogger(__name__)
 
 PRUNE_HELP = "prune any model factory's channels to a FLOPs/params/latency budget with FastNAS and save it"
-DEMO_HELP = "train a small CNN on scikit-learn's digits, prune it to 50% FLOPs, fine-tune, compare (~1-3 min)"
+DEMO_HELP = ("train a small CNN on scikit-learn's digits, prune it to 50% FLOPs, fine-tune, compare (~1-3 min); "
+             "--distill: prune to 30% and compare fine-tuning with distillation from the unpruned model")
 
 
 def _limit(text: str) -> str | float:
@@ -158,11 +159,17 @@ def _latency_line(lat: dict[str, Any]) -> str:
 
 def configure_demo(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``modeopt demo``."""
-    parser.add_argument("--flops", type=_limit, default=None, help="FLOPs budget (default 50%% unless --params is given)")
+    parser.add_argument("--flops", type=_limit, default=None,
+                        help="FLOPs budget (default 50%%, 30%% with --distill, unless --params is given)")
     parser.add_argument("--params", type=_limit, default=None, help="parameter budget, e.g. 40%%")
     parser.add_argument("--out", type=Path, default=Path("modeopt-demo"),
                         help="output folder: cached baseline, checkpoints, plots, summary.json (default ./modeopt-demo)")
     parser.add_argument("--seed", type=int, default=0, help="seed of model init and training (default 0)")
+    parser.add_argument("--distill", action="store_true",
+                        help="also fine-tune the pruned model with the kd_loss mode, distilled from the unpruned one, "
+                             "and compare (needs the modeopt-distill plugin)")
+    parser.add_argument("--finetune-epochs", type=int, default=None, metavar="N",
+                        help="epochs of each fine-tune (default 3, 5 with --distill)")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch CPU threads (default 1: the 8x8 digits convolutions gain little from more, and an "
                              "oversubscribed CPU loses a lot)")
@@ -170,17 +177,25 @@ def configure_demo(parser: argparse.ArgumentParser) -> None:
 
 def run_demo(args: argparse.Namespace) -> int:
     """Run the demo and print the before/after table."""
-    from .demo import format_table
+    from .demo import format_table, require_distill
     from .demo import run_demo as _run
 
     if args.threads < 1:
         raise ConfigError(f"--threads must be >= 1, got {args.threads}")
-    flops = args.flops if args.flops is not None or args.params is not None else "50%"
+    distill = bool(getattr(args, "distill", False))
+    if distill:
+        require_distill()
+    default_flops = "30%" if distill else "50%"
+    flops = args.flops if args.flops is not None or args.params is not None else default_flops
+    epochs = getattr(args, "finetune_epochs", None)
+    epochs = (5 if distill else 3) if epochs is None else epochs
+    if epochs < 1:
+        raise ConfigError(f"--finetune-epochs must be >= 1, got {epochs}")
     threads = torch.get_num_threads()
     torch.set_num_threads(args.threads)
     try:
-        result = _run(args.out, flops=flops, params=args.params, seed=args.seed,
-                      verbose=not getattr(args, "quiet", False))
+        result = _run(args.out, flops=flops, params=args.params, seed=args.seed, finetune_epochs=epochs,
+                      distill=distill, verbose=not getattr(args, "quiet", False))
     finally:
         torch.set_num_threads(threads)
     sys.stdout.write(format_table(result) + "\n")

@@ -4,36 +4,60 @@ Everything lands in one output folder: the cached baseline (``baseline.safetenso
 reused when seed and epochs match), the resumable search checkpoint, the pruned checkpoint
 (``pruned.safetensors``), ``summary.json`` and, with matplotlib installed, ``sensitivity.png`` and
 ``thresholds.png``.
+
+With ``distill=True`` the pruned model is also fine-tuned with the ``kd_loss`` mode, distilled from the
+unpruned baseline (``distilled.safetensors``), from the same start and with the same epochs, optimiser
+and batches as the plain fine-tune. The mode is applied by name: it comes from the ``modeopt-distill``
+plugin through its entry point, and FastNAS does not import it.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from modeopt_autonas.space import get_search_space
-from modeopt_core import ForwardProfiler, export, make_forward_loop, recalibrate_batchnorm, restore, save
+from modeopt_core import (
+    ConfigError,
+    ForwardProfiler,
+    apply_mode,
+    export,
+    list_modes,
+    make_forward_loop,
+    plugin_failures,
+    recalibrate_batchnorm,
+    restore,
+    save,
+)
 
 from .api import prune
 from .digits import DigitsResNet, accuracy, digits_loaders, train_epochs
 from .plots import have_matplotlib, plot_sensitivity_map, plot_thresholds
 
-__all__ = ["DemoResult", "format_table", "run_demo"]
+__all__ = ["DISTILL_CONFIG", "DemoResult", "distil", "format_table", "require_distill", "run_demo"]
 
 _log = logging.getLogger(__name__)
 
 _BASELINE_EPOCHS = 8
 _CALIBRATION_BATCHES = 8
 _LATENCY_BATCH = 256
+_FINETUNE_LR = 0.01
+
+#: the ``kd_loss`` config of ``modeopt demo --distill`` and ``bench/distill_digits.py``: the lowest validation
+#: cross entropy of ``bench/distill_digits.py --tune`` (T in 1, 2, 4, 8 x three loss weightings, 3 seeds)
+DISTILL_CONFIG: dict[str, Any] = {"temperature": 2.0, "student_loss_weight": 0.5, "pairs": [{"weight": 0.5}]}
 
 
 @dataclass
@@ -110,6 +134,41 @@ def _score_visited(model: nn.Module, visited: list[dict[str, Any]], val: Any, ca
     recalibrate_batchnorm(model, calib)
 
 
+def require_distill() -> None:
+    """Raise a ``ConfigError`` saying how to install the distillation plugin unless ``kd_loss`` is available."""
+    if "kd_loss" in list_modes():
+        return
+    failed = [f for f in plugin_failures() if f.distribution == "modeopt-distill"]
+    if failed:
+        raise ConfigError(f"distillation needs the kd_loss mode: the modeopt-distill plugin is installed but failed "
+                          f"to load ({failed[0].error}); `modeopt plugins` shows the details")
+    raise ConfigError(
+        "distillation needs the kd_loss mode of the modeopt-distill plugin, which is not installed (or not enabled "
+        "by MODEOPT_PLUGINS): pip install -e plugins/distill in a checkout of modeopt (pip install modeopt-distill "
+        "otherwise), then `modeopt plugins` lists it"
+    )
+
+
+def _finetune(model: nn.Module, epochs: int, seed: int, loss_fn: Any = None) -> None:
+    train, _ = digits_loaders(seed=0)  # a fresh loader: every fine-tune sees the same batches in the same order
+    torch.manual_seed(seed)
+    train_epochs(model, train, epochs, lr=_FINETUNE_LR, loss_fn=loss_fn)
+
+
+def distil(student: nn.Module, teacher: nn.Module, epochs: int, seed: int = 0,
+           config: dict[str, Any] | None = None) -> nn.Module:
+    """Fine-tune ``student`` for ``epochs`` with ``kd_loss`` from ``teacher`` (the demo's recipe); return it exported.
+
+    The loss of every step is ``student.compute_kd_loss(student_loss=cross_entropy)``: the method the
+    mode adds to the model, so nothing here imports the distillation plugin.
+    """
+    require_distill()
+    student = apply_mode(student, [("kd_loss", dict(config or DISTILL_CONFIG))], mode_kwargs={"teacher": teacher})
+    kd_loss = cast(Callable[..., torch.Tensor], student.compute_kd_loss)  # added by the mode
+    _finetune(student, epochs, seed, lambda out, y: kd_loss(student_loss=F.cross_entropy(out, y)))
+    return export(student)  # export_student: the plain pruned model, teacher and hooks gone
+
+
 def run_demo(
     out: str | os.PathLike[str] = "modeopt-demo",
     *,
@@ -118,9 +177,12 @@ def run_demo(
     seed: int = 0,
     epochs: int = _BASELINE_EPOCHS,
     finetune_epochs: int = 3,
+    distill: bool = False,
     verbose: bool = True,
 ) -> DemoResult:
     """Run the whole demo (see the module doc); return the measurements."""
+    if distill:
+        require_distill()  # before hours of work, not after
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
     train, val = digits_loaders(seed=0)  # a fixed split: numbers stay comparable across seeds
@@ -150,14 +212,20 @@ def run_demo(
 
     model = export(model)  # plain, smaller modules: counted and timed as deployed
     rows["pruned"] = _row(model, val, None)
-    torch.manual_seed(seed)
-    train_epochs(model, train, finetune_epochs, lr=0.01)
+    start_weights = copy.deepcopy(model) if distill else None
+    _finetune(model, finetune_epochs, seed)
     pruned_path = folder / "pruned.safetensors"
     save(model, pruned_path)
     rows["fine-tuned"] = _row(model, val, pruned_path)
     rows["pruned"]["file_bytes"] = rows["fine-tuned"]["file_bytes"]  # same tensors, other values
-
     files = {"baseline": str(folder / "baseline.safetensors"), "pruned": str(pruned_path)}
+    if start_weights is not None:
+        teacher = restore(DigitsResNet(), folder / "baseline.safetensors").eval()  # the unpruned model
+        distilled = distil(start_weights, teacher, finetune_epochs, seed)
+        files["distilled"] = str(folder / "distilled.safetensors")
+        save(distilled, files["distilled"])
+        rows["distilled"] = _row(distilled, val, Path(files["distilled"]))
+
     if have_matplotlib():
         files["sensitivity_plot"] = str(plot_sensitivity_map(results["sensitivity_map"], folder / "sensitivity.png",
                                                              score_name="accuracy (%)"))
@@ -177,6 +245,8 @@ def run_demo(
         "resumed": results["resumed"],
         "thresholds_visited": visited,
         "baseline_cached": cached,
+        "finetune_epochs": finetune_epochs,
+        **({"distill_config": DISTILL_CONFIG} if distill else {}),
     }
     summary = folder / "summary.json"
     summary.write_text(json.dumps({"rows": rows, "search": search}, indent=2, default=float))
@@ -211,6 +281,11 @@ def format_table(result: DemoResult) -> str:
     text = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in lines]
     text.insert(1, "  ".join("-" * w for w in widths))
     s = result.search
+    if "distilled" in result.rows:
+        gain = result.rows["distilled"]["accuracy"] - result.rows["fine-tuned"]["accuracy"]
+        text.append("")
+        text.append(f"distilled vs fine-tuned: {gain:+.2f} points of val accuracy after {s['finetune_epochs']} epochs "
+                    "each (same pruned start, optimiser, batches; kd_loss from the unpruned baseline)")
     text.append("")
     text.append(
         f"search: {s['num_score_evals']} score evaluations, sensitivity map {s['sensitivity_s']:.1f} s, binary search "

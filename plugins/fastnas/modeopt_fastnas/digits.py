@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-__all__ = ["DigitsResNet", "accuracy", "digits_loaders", "train_epochs"]
+__all__ = ["DigitsResNet", "accuracy", "digits_loaders", "digits_splits", "train_epochs"]
 
 
 class _Block(nn.Module):
@@ -55,22 +55,40 @@ class DigitsResNet(nn.Module):
         return self.fc(torch.flatten(self.pool(x), 1))
 
 
-def digits_loaders(
-    batch_size: int = 64, val_fraction: float = 0.25, seed: int = 0
-) -> tuple[DataLoader, DataLoader]:
-    """Train and validation loaders over scikit-learn's 1,797 digits, scaled to [0, 1], N x 1 x 8 x 8."""
+def _digits(seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     from sklearn.datasets import load_digits
 
     data = load_digits()
     x = torch.tensor(data.images, dtype=torch.float32).unsqueeze(1) / 16.0
     y = torch.tensor(data.target, dtype=torch.long)
-    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
+    return x, y, torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
+
+
+def digits_loaders(
+    batch_size: int = 64, val_fraction: float = 0.25, seed: int = 0
+) -> tuple[DataLoader, DataLoader]:
+    """Train and validation loaders over scikit-learn's 1,797 digits, scaled to [0, 1], N x 1 x 8 x 8."""
+    x, y, perm = _digits(seed)
     n_val = int(len(x) * val_fraction)
     val_idx, train_idx = perm[:n_val], perm[n_val:]
     gen = torch.Generator().manual_seed(seed)
     train = DataLoader(TensorDataset(x[train_idx], y[train_idx]), batch_size=batch_size, shuffle=True, generator=gen)
     val = DataLoader(TensorDataset(x[val_idx], y[val_idx]), batch_size=256)
     return train, val
+
+
+def digits_splits(
+    test_fraction: float = 0.25, val_fraction: float = 0.15, seed: int = 0
+) -> tuple[TensorDataset, TensorDataset, TensorDataset]:
+    """Train, validation and test sets of the digits, for choosing settings without touching the test set.
+
+    The test set is exactly the validation split of :func:`digits_loaders` (same ``seed`` and
+    fraction); the validation set is carved out of its training split.
+    """
+    x, y, perm = _digits(seed)
+    n_test, n_val = int(len(x) * test_fraction), int(len(x) * val_fraction)
+    test, val, train = perm[:n_test], perm[n_test:n_test + n_val], perm[n_test + n_val:]
+    return TensorDataset(x[train], y[train]), TensorDataset(x[val], y[val]), TensorDataset(x[test], y[test])
 
 
 @torch.no_grad()
@@ -92,15 +110,20 @@ def train_epochs(
     epochs: int,
     lr: float = 0.05,
     on_epoch: Callable[[int], None] | None = None,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
 ) -> None:
-    """Plain SGD + cosine schedule training (an ordinary loop: supernet sampling hooks work unchanged)."""
+    """Plain SGD + cosine schedule training (an ordinary loop: supernet sampling hooks work unchanged).
+
+    ``loss_fn(output, target)`` replaces the cross entropy (e.g. a distillation loss around it).
+    """
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, epochs * len(loader)))
+    loss_of = loss_fn or F.cross_entropy
     model.train()
     for epoch in range(epochs):
         for x, y in loader:
             opt.zero_grad(set_to_none=True)
-            F.cross_entropy(model(x), y).backward()
+            loss_of(model(x), y).backward()
             opt.step()
             sched.step()
         if on_epoch is not None:
