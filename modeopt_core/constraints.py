@@ -31,7 +31,6 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils.flop_counter import FlopCounterMode
 
 from .errors import ConstraintError
 
@@ -141,6 +140,8 @@ class ForwardProfiler:
         if unknown:
             raise ConstraintError(f"cannot measure {sorted(unknown)}; known: {list(CONSTRAINT_NAMES)}")
         flags = {m: m.training for m in self.model.modules()}
+        from torch.utils.flop_counter import FlopCounterMode  # lazy: importing it costs ~0.1-0.3 s (triton)
+
         counter = FlopCounterMode(display=False)
         recorder = _StorageRecorder()
         try:

@@ -14,7 +14,6 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
 from .dynamic import DimBinding, DynamicModule, DynamicSequential
 from .errors import HparamValueError, SubnetConfigError
@@ -117,6 +116,8 @@ class SubnetProfiler:
         saved = space.config()
         training = {m: m.training for m in model.modules()}
         measured = dict.fromkeys([*leaves, *blocks], 0)
+        from torch.utils.flop_counter import FlopCounterMode  # lazy: importing it costs ~0.1-0.3 s (triton)
+
         counter = FlopCounterMode(display=False)
         handles = []
 

@@ -6,6 +6,7 @@ import builtins
 import math
 import operator
 import re
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -55,12 +56,6 @@ ELEMENTWISE_FUNCTIONS: set[Callable[..., Any]] = (
     )
     | {operator.neg, operator.pos}
 )
-try:  # torchvision wraps stochastic_depth for fx, so it shows up as a call_function
-    from torchvision.ops import stochastic_depth as _stochastic_depth
-
-    ELEMENTWISE_FUNCTIONS.add(_stochastic_depth)
-except ImportError:  # pragma: no cover - torchvision is optional
-    pass
 
 ELEMENTWISE_METHODS = frozenset(
     "relu relu_ sigmoid sigmoid_ tanh tanh_ clone contiguous detach detach_ to float half double bfloat16 "
@@ -136,12 +131,26 @@ ELEMENTWISE_MODULES: tuple[type[nn.Module], ...] = (
     nn.FeatureAlphaDropout,
     nn.Identity,
 )
-try:
-    from torchvision.ops import StochasticDepth as _StochasticDepth
+#: Element-wise modules of optional packages, added by ``_add_optional_ops`` (see there).
+_OPTIONAL_ELEMENTWISE_MODULES: list[type[nn.Module]] = []
+_OPTIONAL_OPS_ADDED = [False]
 
-    ELEMENTWISE_MODULES = (*ELEMENTWISE_MODULES, _StochasticDepth)
-except ImportError:  # pragma: no cover - torchvision is optional
-    pass
+
+def _add_optional_ops() -> None:
+    """Add torchvision's stochastic depth (function and module) to the tables once torchvision is imported.
+
+    Never imports torchvision: that costs about a second (it pulls in ``torch._dynamo``), and a model
+    that uses its ops has imported it already by the time it is analysed.
+    """
+    if _OPTIONAL_OPS_ADDED[0]:
+        return
+    tv_ops = sys.modules.get("torchvision.ops")
+    fn, cls = getattr(tv_ops, "stochastic_depth", None), getattr(tv_ops, "StochasticDepth", None)
+    if fn is None or cls is None:
+        return
+    ELEMENTWISE_FUNCTIONS.add(fn)  # torchvision wraps it for fx, so it shows up as a call_function
+    _OPTIONAL_ELEMENTWISE_MODULES.append(cls)
+    _OPTIONAL_OPS_ADDED[0] = True
 
 SPATIAL_MODULES: tuple[type[nn.Module], ...] = (
     nn.MaxPool1d,
@@ -176,6 +185,9 @@ STATIC_MODULES: tuple[type[nn.Module], ...] = (nn.Flatten, nn.PReLU)
 
 def module_class_in(module: nn.Module, classes: tuple[type[nn.Module], ...]) -> bool:
     """``module`` is one of ``classes`` or a subclass that keeps its ``forward``."""
+    _add_optional_ops()
+    if classes is ELEMENTWISE_MODULES:
+        classes = (*classes, *_OPTIONAL_ELEMENTWISE_MODULES)
     for cls in classes:
         if isinstance(module, cls) and type(module).forward is cls.forward:
             return True
@@ -184,7 +196,9 @@ def module_class_in(module: nn.Module, classes: tuple[type[nn.Module], ...]) -> 
 
 def is_known_leaf(module: nn.Module) -> bool:
     """Modules the propagation handles as a whole (never traced into)."""
-    return module_class_in(module, ELEMENTWISE_MODULES + SPATIAL_MODULES + PAD_MODULES + STATIC_MODULES)
+    return module_class_in(module, ELEMENTWISE_MODULES) or module_class_in(
+        module, SPATIAL_MODULES + PAD_MODULES + STATIC_MODULES
+    )
 
 
 def spatial_dims(module: nn.Module) -> int | None:
