@@ -36,20 +36,18 @@ from modeopt_core import (
     ConstraintError,
     IterativeSearcher,
     ModelProfiler,
-    distributed,
     make_forward_loop,
-    recalibrate_batchnorm,
 )
 from modeopt_core.sdk import (
     DEFAULT_MIN_CALIBRATION_BATCHES,
     SearchConfig,
     check_float,
     check_int,
-    progress,
     unpack_dummy_input,
 )
 
-from ._sharded_sensitivity import sharded_sensitivity_map
+from .downstream import DEFAULT_CACHE_MB
+from .map_builder import SensitivityMapBuilder
 from .sensitivity import PruningKey, monotone_drops, pruning_keys, subnet_for_threshold, threshold_candidates
 
 __all__ = ["BN_CALIBRATION_MODES", "BinarySearcher"]
@@ -67,7 +65,7 @@ def _fmt(value: float) -> str:
     return f"{value:.3g}"
 
 
-class BinarySearcher(IterativeSearcher):
+class BinarySearcher(SensitivityMapBuilder, IterativeSearcher):
     """FastNAS search (see the module doc). Needs ``score_func`` and a ``flops`` and/or ``params`` budget.
 
     Search-config keys on top of the searcher base's:
@@ -91,6 +89,9 @@ class BinarySearcher(IterativeSearcher):
     drops. It is tied to the search config, the search space and the dummy input but *not* to the
     constraints: a finished map is reused to prune the same model to another budget in milliseconds.
     """
+
+    resume_compatible_keys = IterativeSearcher.resume_compatible_keys | {"downstream_cache_mb"}
+    """``downstream_cache_mb`` only changes how fast entries are measured, never their values."""
 
     # Assigned by reset_search() from default_state_dict.
     original_score: float | None
@@ -116,6 +117,8 @@ class BinarySearcher(IterativeSearcher):
         self._timings: dict[str, float] = {}
         self._evals_this_run = self._calibration_batches = 0
         self._bn_recalibrated = False
+        self._calibration_inputs: list[Any] | None = None  # model inputs of the drawn calibration batches
+        self._calibrated_at_max = False  # BN statistics re-estimated for the original subnet in this run
 
     # ----------------------------------------------------------------- configuration
     @property
@@ -127,6 +130,7 @@ class BinarySearcher(IterativeSearcher):
             "bn_calibration": "auto",
             "min_calibration_batches": DEFAULT_MIN_CALIBRATION_BATCHES,
             "zero_drop_tol": 1e-5,
+            "downstream_cache_mb": DEFAULT_CACHE_MB,
         }
 
     @property
@@ -155,6 +159,7 @@ class BinarySearcher(IterativeSearcher):
             )
         check_int(merged, "min_calibration_batches", minimum=1)
         check_float(merged, "zero_drop_tol", minimum=0.0)
+        check_float(merged, "downstream_cache_mb", minimum=0.0)
         return merged
 
     @property
@@ -258,6 +263,7 @@ class BinarySearcher(IterativeSearcher):
             # data, adding noise to the map and making a resumed search differ from an uninterrupted one.
             drawn = list(itertools.islice(self.config["data_loader"], self.config["max_iter_data_loader"]))
             self.forward_loop = make_forward_loop(drawn, collect_func=self.config["collect_func"])
+            self._draw_calibration_inputs(drawn)
         t0 = time.perf_counter()
         space.sort_by_importance(list(self._targets))  # function-preserving: nothing to undo on error
         self._timings["sort_s"] = time.perf_counter() - t0
@@ -271,6 +277,7 @@ class BinarySearcher(IterativeSearcher):
         with self._restore_on_error():
             if self.original_score is None:
                 self.original_score = self._measure_score()
+                self._calibrated_at_max = self._bn_mode == "each"
             _log.log(self._log_level, "FastNAS original score %.6g", self.original_score)
         self._timings["setup_s"] = time.perf_counter() - start
 
@@ -322,104 +329,6 @@ class BinarySearcher(IterativeSearcher):
             "Relax the constraint, or allow narrower layers in the fastnas config (smaller ratios, a smaller "
             "channel_divisor/feature_divisor, a larger min_width_steps, fewer frozen modules)"
         )
-
-    def _calibrate(self) -> None:
-        assert self.forward_loop is not None
-        space = self._space()
-        with space.driver_paused():  # the searcher manages the statistics itself
-            self._calibration_batches = recalibrate_batchnorm(
-                self.model, self.forward_loop, min_batches=self.config["min_calibration_batches"], strict=True
-            )
-        if space.driver is not None:
-            space.driver.note_calibrated()
-
-    def _measure_score(self) -> float:
-        """The real score of the model as currently selected (after BN re-estimation when configured)."""
-        if self._bn_mode == "each":
-            self._calibrate()
-        with self._space().driver_paused():
-            score = super().eval_score()
-        self.num_score_evals += 1
-        self._evals_this_run += 1
-        return score
-
-    def _build_sensitivity_map(self) -> None:
-        space = self._space()
-        self.original_score = distributed.broadcast_object(self.original_score)  # rank 0's, on every rank
-        assert self.original_score is not None
-        tol = self.config["zero_drop_tol"]
-        todo = [(n, hp) for n, hp in self._targets.items() if n not in self.sensitivity_raw]
-        if len(todo) < len(self._targets):
-            _log.log(self._log_level, "FastNAS resumed: %d of %d hparams already mapped",
-                     len(self._targets) - len(todo), len(self._targets))
-        max_subnet = {n: hp.max for n, hp in space.named_hparams(True)}
-        bar = progress(
-            total=sum(len(hp.choices) - 1 for _, hp in todo),
-            desc="FastNAS sensitivity",
-            enabled=self.config["verbose"],
-            unit="choice",
-        )
-        with bar:
-            if distributed.is_distributed() and self.config["shard_evaluations"]:
-                self._map_across_ranks(todo, max_subnet, bar)
-                todo = []
-            for name, hp in todo:
-                t0 = time.perf_counter()
-                space.select(max_subnet, strict=False)
-                raw: list[list[Any]] = []
-                at_zero = False
-                for choice in hp.choices[:-1]:
-                    if at_zero:
-                        raw.append([choice, None])
-                    else:
-                        space.select({name: choice}, strict=False)
-                        drop = distributed.broadcast_object(self.original_score - self._measure_score())
-                        raw.append([choice, drop])
-                        at_zero = drop <= tol
-                        bar.set_postfix_str(f"{name}={choice}/{hp.max} drop={drop:.4g}", refresh=False)
-                    bar.update(1)
-                raw.append([hp.max, None])
-                space.select({name: hp.max}, strict=False)
-                self.sensitivity_raw[name] = raw
-                self.sensitivity_time_s += time.perf_counter() - t0
-                self.save_search_checkpoint()
-        _log.log(self._log_level, "FastNAS sensitivity map: %d score evaluations in %.1f s (this run: %d)",
-                 self.num_score_evals, self.sensitivity_time_s, self._evals_this_run)
-
-    def _map_across_ranks(self, todo: list[tuple[str, Hparam]], max_subnet: dict[str, int], bar: Any) -> None:
-        """The map measured by all ranks at once (see :mod:`._sharded_sensitivity`): the same raw
-        entries, evaluation count and checkpoints as one process."""
-        space = self._space()
-        original = self.original_score
-        assert original is not None
-        evals, evals_this_run, seconds, start = (
-            self.num_score_evals, self._evals_this_run, self.sensitivity_time_s, time.perf_counter())
-        kept = 0
-
-        def measure(name: str, choice: int) -> float:
-            space.select({**max_subnet, name: choice}, strict=False)
-            return original - self._measure_score()
-
-        def finished(name: str, raw: list[list[Any]]) -> None:
-            nonlocal kept
-            kept += sum(1 for _, drop in raw if drop is not None)
-            self.sensitivity_raw[name] = raw
-            self.num_score_evals, self._evals_this_run = evals + kept, evals_this_run + kept
-            self.sensitivity_time_s = seconds + time.perf_counter() - start
-            self.save_search_checkpoint()
-
-        def wave(decided: int, name: str, choice: int, drop: float) -> None:
-            bar.set_postfix_str(f"{name}={choice} drop={drop:.4g}", refresh=False)
-            bar.update(decided)
-
-        stats = sharded_sensitivity_map(
-            [(n, hp.choices) for n, hp in todo], measure, zero_drop_tol=self.config["zero_drop_tol"],
-            on_finished=finished, on_wave=wave,
-        )
-        space.select(max_subnet, strict=False)
-        self.sensitivity_raw = {n: self.sensitivity_raw[n] for n in self._targets if n in self.sensitivity_raw}
-        _log.log(self._log_level, "FastNAS sensitivity map on %d ranks: %d waves, %d evaluations kept, %d discarded "
-                 "(drawn above a ~0 drop)", distributed.world_size(), stats.waves, stats.kept, stats.discarded)
 
     def _binary_search(self) -> None:
         counter = self._counter()
