@@ -168,7 +168,7 @@ class DownstreamEvaluator:
         dynamic = space.dynamic_modules()
         by_ptr: dict[int, set[int]] = {}
         for group in space.structure.groups:
-            mods = {dynamic[m.module] for m in space.members(group.id) if m.module in dynamic}
+            mods: set[nn.Module] = {dynamic[m.module] for m in space.members(group.id) if m.module in dynamic}
             self._members[group.id] = mods
             for mod in mods:
                 for t in [*mod.parameters(recurse=False), *mod.buffers(recurse=False)]:
@@ -186,8 +186,8 @@ class DownstreamEvaluator:
         """Take the current batch-norm buffers as the reference (the calibrated original model)."""
         self._reference = [(buf, buf.detach().clone()) for bn in self.bns for buf in bn._buffers.values()
                            if buf is not None]
-        self._reference_tracked = {bn: int(bn._buffers["num_batches_tracked"]) for bn in self.bns
-                                   if bn._buffers.get("num_batches_tracked") is not None}
+        self._reference_tracked = {bn: int(tracked) for bn in self.bns
+                                   if (tracked := bn._buffers.get("num_batches_tracked")) is not None}
 
     def restore_reference(self) -> None:
         """Put the reference batch-norm buffers back (all channels)."""
@@ -384,7 +384,7 @@ class DownstreamEvaluator:
         for call in sequence:
             if call.module not in patched:
                 patched[call.module] = call.module.__dict__.get("forward")
-                call.module.forward = make(call.module)  # type: ignore[method-assign]
+                call.module.forward = make(call.module)
         try:
             yield consumed
         finally:
@@ -392,7 +392,7 @@ class DownstreamEvaluator:
                 if own is None:
                     del module.forward
                 else:
-                    module.forward = own  # type: ignore[method-assign]
+                    module.forward = own
 
     def _run(self, mode: str) -> list[Any]:
         record = self._record

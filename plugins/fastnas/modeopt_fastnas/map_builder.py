@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 from modeopt_core import distributed, recalibrate_batchnorm
 from modeopt_core.sdk import default_collect_func, progress
 
+from ._searcher_state import FastNASSearcherState
 from ._sharded_sensitivity import sharded_sensitivity_map
 from .downstream import DownstreamEvaluator, ReplayError
 from .scores import BatchScore
@@ -31,17 +32,15 @@ from .scores import BatchScore
 if TYPE_CHECKING:
     from modeopt_autonas.space import Hparam
 
-    from .searcher import BinarySearcher
-
 __all__ = ["SensitivityMapBuilder"]
 
 _log = logging.getLogger(__name__)
 
 
-class SensitivityMapBuilder:
+class SensitivityMapBuilder(FastNASSearcherState):
     """Mixin of :class:`~modeopt_fastnas.BinarySearcher`: the sensitivity-map phase (see the module doc)."""
 
-    def _calibrate(self: BinarySearcher) -> None:
+    def _calibrate(self) -> None:
         """Re-estimate all BatchNorm statistics for the current subnet from the calibration data."""
         assert self.forward_loop is not None
         space = self._space()
@@ -52,21 +51,22 @@ class SensitivityMapBuilder:
         if space.driver is not None:
             space.driver.note_calibrated()
 
-    def _measure_score(self: BinarySearcher) -> float:
-        """The real score of the model as currently selected (after BN re-estimation when configured)."""
-        if self._bn_mode == "each":
+    def _measure_score(self, calibrate: bool | None = None) -> float:
+        """The real score of the model as currently selected, after BN re-estimation when ``calibrate``
+        (default: when ``bn_calibration`` is ``"each"``) and calibration data exists."""
+        if (self._bn_mode == "each" if calibrate is None else calibrate) and self.forward_loop is not None:
             self._calibrate()
         with self._space().driver_paused():
-            score = super().eval_score()  # type: ignore[misc]
+            score = super().eval_score()
         self._count_evaluation()
         return score
 
-    def _count_evaluation(self: BinarySearcher) -> None:
+    def _count_evaluation(self) -> None:
         self.num_score_evals += 1
         self._evals_this_run += 1
 
     # ----------------------------------------------------------------- the downstream evaluator
-    def _downstream_evaluator(self: BinarySearcher) -> DownstreamEvaluator | None:
+    def _downstream_evaluator(self) -> DownstreamEvaluator | None:
         """The evaluator, when the score and the calibration data allow it (else None, with the reason logged)."""
         score, cap = self.config["score_func"], self.config["downstream_cache_mb"]
         why = None
@@ -89,12 +89,12 @@ class SensitivityMapBuilder:
         evaluator.set_reference()
         return evaluator
 
-    def _draw_calibration_inputs(self: BinarySearcher, drawn: list[Any]) -> None:
+    def _draw_calibration_inputs(self, drawn: list[Any]) -> None:
         collect = self.config["collect_func"] or default_collect_func
         self._calibration_inputs = [collect(batch) for batch in drawn]
 
     # ----------------------------------------------------------------- the map
-    def _build_sensitivity_map(self: BinarySearcher) -> None:
+    def _build_sensitivity_map(self) -> None:
         space = self._space()
         self.original_score = distributed.broadcast_object(self.original_score)  # rank 0's, on every rank
         assert self.original_score is not None
@@ -133,7 +133,7 @@ class SensitivityMapBuilder:
         _log.log(self._log_level, "FastNAS sensitivity map: %d score evaluations in %.1f s (this run: %d)",
                  self.num_score_evals, self.sensitivity_time_s, self._evals_this_run)
 
-    def _map_hparam(self: BinarySearcher, name: str, hp: Hparam, evaluator: DownstreamEvaluator | None,
+    def _map_hparam(self, name: str, hp: Hparam, evaluator: DownstreamEvaluator | None,
                     bar: Any) -> None:
         """Measure one hparam's raw entry, choices from the smallest up, stopping at the first ~0 drop."""
         assert self.original_score is not None
@@ -170,7 +170,7 @@ class SensitivityMapBuilder:
         self.sensitivity_raw[name] = raw
         self.sensitivity_time_s += time.perf_counter() - t0
 
-    def _map_across_ranks(self: BinarySearcher, todo: list[tuple[str, Hparam]], max_subnet: dict[str, int],
+    def _map_across_ranks(self, todo: list[tuple[str, Hparam]], max_subnet: dict[str, int],
                           bar: Any) -> None:
         """The map measured by all ranks at once (see :mod:`._sharded_sensitivity`): the same raw
         entries, evaluation count and checkpoints as one process."""

@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from modeopt_autonas.space import Hparam, SearchSpace, SubnetProfiler, get_search_space
+from modeopt_autonas.space import SubnetProfiler, get_search_space
 from modeopt_core import (
     ConfigError,
     ConstraintError,
@@ -46,9 +46,11 @@ from modeopt_core.sdk import (
     unpack_dummy_input,
 )
 
+from .boundary import BoundarySelector
 from .downstream import DEFAULT_CACHE_MB
 from .map_builder import SensitivityMapBuilder
-from .sensitivity import PruningKey, monotone_drops, pruning_keys, subnet_for_threshold, threshold_candidates
+from .selection import SELECTION_ORDERS
+from .sensitivity import monotone_drops, subnet_for_threshold
 
 __all__ = ["BN_CALIBRATION_MODES", "BinarySearcher"]
 
@@ -65,7 +67,7 @@ def _fmt(value: float) -> str:
     return f"{value:.3g}"
 
 
-class BinarySearcher(SensitivityMapBuilder, IterativeSearcher):
+class BinarySearcher(SensitivityMapBuilder, BoundarySelector):
     """FastNAS search (see the module doc). Needs ``score_func`` and a ``flops`` and/or ``params`` budget.
 
     Search-config keys on top of the searcher base's:
@@ -90,35 +92,9 @@ class BinarySearcher(SensitivityMapBuilder, IterativeSearcher):
     constraints: a finished map is reused to prune the same model to another budget in milliseconds.
     """
 
-    resume_compatible_keys = IterativeSearcher.resume_compatible_keys | {"downstream_cache_mb"}
-    """``downstream_cache_mb`` only changes how fast entries are measured, never their values."""
-
-    # Assigned by reset_search() from default_state_dict.
-    original_score: float | None
-    sensitivity_raw: dict[str, list[list[Any]]]
-    num_score_evals: int
-    sensitivity_time_s: float
-    thresholds_visited: list[dict[str, Any]]
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.space: SearchSpace | None = None
-        self._profiler: SubnetProfiler | None = None
-        self._targets: dict[str, Hparam] = {}  # the width hparams being pruned
-        self._clear_run()
-
-    def _clear_run(self) -> None:
-        self._drops: dict[str, dict[int, float]] = {}  # monotone measured drops
-        self._keys: dict[str, dict[int, PruningKey]] = {}  # pruning order (see .sensitivity)
-        self._threshold: PruningKey = (0.0, 0.0, 0.0)
-        self._best_key: PruningKey | None = None
-        self._chosen_threshold: float | None = None
-        self._bn_snapshot: list[tuple[torch.Tensor, torch.Tensor]] = []
-        self._timings: dict[str, float] = {}
-        self._evals_this_run = self._calibration_batches = 0
-        self._bn_recalibrated = False
-        self._calibration_inputs: list[Any] | None = None  # model inputs of the drawn calibration batches
-        self._calibrated_at_max = False  # BN statistics re-estimated for the original subnet in this run
+    resume_compatible_keys = IterativeSearcher.resume_compatible_keys | {
+        "downstream_cache_mb", "selection", "params_weight", "boundary_evals"}
+    """These change how fast entries are measured or how the subnet is picked from the map, never the map."""
 
     # ----------------------------------------------------------------- configuration
     @property
@@ -131,6 +107,9 @@ class BinarySearcher(SensitivityMapBuilder, IterativeSearcher):
             "min_calibration_batches": DEFAULT_MIN_CALIBRATION_BATCHES,
             "zero_drop_tol": 1e-5,
             "downstream_cache_mb": DEFAULT_CACHE_MB,
+            "selection": ("drop",),
+            "params_weight": 1.0,
+            "boundary_evals": 0,
         }
 
     @property
@@ -160,18 +139,16 @@ class BinarySearcher(SensitivityMapBuilder, IterativeSearcher):
         check_int(merged, "min_calibration_batches", minimum=1)
         check_float(merged, "zero_drop_tol", minimum=0.0)
         check_float(merged, "downstream_cache_mb", minimum=0.0)
+        check_float(merged, "params_weight", minimum=0.0)
+        check_int(merged, "boundary_evals", minimum=0)
+        selection = merged["selection"]
+        if isinstance(selection, str):
+            selection = (selection,)
+        if not selection or any(o not in SELECTION_ORDERS for o in selection):
+            raise ConfigError(f"search config selection={merged['selection']!r} is invalid; expected a non-empty "
+                              f"list of {SELECTION_ORDERS}")
+        merged["selection"] = tuple(selection)
         return merged
-
-    @property
-    def _bn_mode(self) -> str:
-        mode = self.config["bn_calibration"]
-        if mode == "auto":
-            return "each" if self.forward_loop is not None else "off"
-        return str(mode)
-
-    @property
-    def _log_level(self) -> int:
-        return self.log_level  # INFO when verbose (on rank 0 only under torch.distributed)
 
     # ----------------------------------------------------------------- search space plumbing
     def make_profiler(self) -> ModelProfiler | None:
@@ -190,14 +167,6 @@ class BinarySearcher(SensitivityMapBuilder, IterativeSearcher):
     def sensitivity_map(self) -> dict[str, dict[int, float]]:
         """``{hparam: {choice: score drop}}`` of the mapped hparams, monotone (ModelOpt's attribute name)."""
         return {n: monotone_drops(raw) for n, raw in getattr(self, "sensitivity_raw", {}).items()}
-
-    def _space(self) -> SearchSpace:
-        assert self.space is not None  # set by make_profiler, which search() calls first
-        return self.space
-
-    def _counter(self) -> SubnetProfiler:
-        assert self._profiler is not None  # search() refuses constraints without a dummy input
-        return self._profiler
 
     def select(self, config: Mapping[str, Any]) -> None:
         self._space().select(config, strict=False)
@@ -288,6 +257,9 @@ class BinarySearcher(SensitivityMapBuilder, IterativeSearcher):
             t0 = time.perf_counter()
             self._binary_search()
             self._timings["binary_search_s"] = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            self._judge_boundary()
+            self._timings["boundary_s"] = time.perf_counter() - t0
         self.save_search_checkpoint()
 
     def after_search(self) -> None:
@@ -330,43 +302,6 @@ class BinarySearcher(SensitivityMapBuilder, IterativeSearcher):
             "channel_divisor/feature_divisor, a larger min_width_steps, fewer frozen modules)"
         )
 
-    def _binary_search(self) -> None:
-        counter = self._counter()
-        self._drops = {n: monotone_drops(self.sensitivity_raw[n]) for n in self._targets}
-        widest = {n: hp.max for n, hp in self._space().named_hparams(True)}
-        self._keys = pruning_keys(self._drops, lambda name, choice: counter.flops({**widest, name: choice}))
-        thresholds = threshold_candidates(self._keys)
-        lo, hi = -1, len(thresholds) - 1  # thresholds[hi] satisfies (checked up front); lo never does
-        index = hi
-        while self.iter_num < self.config["num_iters"]:
-            self._threshold = thresholds[index]
-            self.before_step()
-            candidate = self.run_step()
-            self.after_step(candidate)
-            self.iter_num += 1
-            self.thresholds_visited.append({
-                "threshold": self._threshold[0],
-                "key": list(self._threshold),
-                "predicted_score": self.eval_score(),
-                "flops": counter.flops(),
-                "params": counter.params(),
-                "satisfied": candidate["satisfied"],
-                "subnet": dict(candidate["config"]),
-            })
-            if candidate["is_best"]:
-                self._best_key = self._threshold
-            if candidate["satisfied"]:
-                hi = index
-            else:
-                lo = index
-            if hi - lo <= 1:
-                self.stopped_early = True
-                break
-            index = (lo + hi) // 2
-        self._chosen_threshold = thresholds[hi][0]
-        _log.log(self._log_level, "FastNAS binary search: %d steps over %d thresholds, chose drop threshold %.4g",
-                 self.iter_num, len(thresholds), thresholds[hi][0])
-
     @contextlib.contextmanager
     def _restore_on_error(self) -> Iterator[None]:
         """On any error put back the BatchNorm statistics and the original subnet (weights stay sorted)."""
@@ -408,5 +343,8 @@ class BinarySearcher(SensitivityMapBuilder, IterativeSearcher):
             "bn_recalibrated": self._bn_recalibrated,
             "calibration_batches": self._calibration_batches,
             "pruned_hparams": list(self._targets),
+            "boundary": [{k: v for k, v in e.items()} for e in self._boundary],
+            "boundary_evals": self._boundary_evals,
+            "selection_order": self._chosen_order,
         })
         return res
