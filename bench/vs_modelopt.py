@@ -67,7 +67,9 @@ _WORKER = Path(__file__).with_name("_modelopt_fastnas.py")
 
 
 def _modelopt_python(path: str | None) -> str | None:
-    for candidate in (path, os.environ.get("MODELOPT_PYTHON"), "/work/venv-modelopt/bin/python"):
+    if path is not None:  # given explicitly: that one or none
+        return path if Path(path).exists() else None
+    for candidate in (os.environ.get("MODELOPT_PYTHON"), "/work/venv-modelopt/bin/python"):
         if candidate and Path(candidate).exists():
             return candidate
     return None

@@ -131,3 +131,15 @@ def test_quality(tmp_path: Path) -> None:
     assert names[0] == "baseline" and any(n.startswith("FastNAS 50%") for n in names)
     pruned = [float(f.rstrip("%")) for n, f in zip(names, _column(table, "FLOPs kept")) if n.startswith("FastNAS")]
     assert pruned and all(f <= 50.0 for f in pruned)
+
+
+def test_vs_modelopt_runs_without_modelopt(tmp_path: Path) -> None:
+    # a path that does not exist: only our figures (ModelOpt is never installed in the test venv)
+    out, tables = _run("vs_modelopt.py", "--cache", str(tmp_path), "--modelopt-python", str(tmp_path / "none"),
+                       "--parts", "digits,resnet18,import,load", timeout=900)
+    digits, resnet, imports, load = tables
+    assert _column(digits, "library") == ["modeopt"] and float(_column(digits, "FLOPs kept")[0].rstrip("%")) <= 50.0
+    assert _column(resnet, "library") == ["modeopt"] and int(_column(resnet, "score evals")[0]) > 0
+    assert _column(imports, "statement") == ["import modeopt_core, modeopt_fastnas"]
+    assert float(_column(load, "ratio")[0]) > 0
+    assert "downstream evaluations" in out
