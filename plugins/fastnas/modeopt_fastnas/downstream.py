@@ -75,6 +75,7 @@ class _Call:
     children: list[_Call] = field(default_factory=list)
     touched: set[int] = field(default_factory=set)  # group ids whose tensors an op inside this call read
     nbytes: int = 0
+    versions: list[int] = field(default_factory=list)  # version counters of the output when it was returned
 
 
 @dataclass
@@ -89,18 +90,24 @@ class _Record:
     position: int  # module calls in the prefix of the first score batch (how far the prefix reaches)
 
 
-def _clone(value: Any) -> Any:
+def _clone(value: Any, copy: bool = True) -> Any:
+    """A copy of a module output (tensors cloned, containers rebuilt); ``copy=False`` only checks that
+    it can be copied. Raises ``_Uncacheable`` for outputs of other types."""
     if isinstance(value, torch.Tensor):
-        return value.clone()
+        return value.clone() if copy else value
     if isinstance(value, tuple) and hasattr(value, "_fields"):  # namedtuple
-        return type(value)(*(_clone(v) for v in value))
+        return type(value)(*(_clone(v, copy) for v in value))
     if isinstance(value, (tuple, list)):
-        return type(value)(_clone(v) for v in value)
+        return type(value)(_clone(v, copy) for v in value)
     if isinstance(value, dict) and type(value) is dict:
-        return {k: _clone(v) for k, v in value.items()}
+        return {k: _clone(v, copy) for k, v in value.items()}
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
     raise _Uncacheable(f"a module returned a {type(value).__name__}, which the record cannot copy")
+
+
+def _versions(value: Any) -> list[int]:
+    return [t._version for t in _tensors(value)]
 
 
 def _nbytes(value: Any) -> int:
@@ -292,6 +299,7 @@ class DownstreamEvaluator:
         nbytes = 0 if previous is None else previous.nbytes
         position = 0
         stack: list[_Call] = []
+        eager = False
 
         def on_touch(groups: frozenset[int]) -> None:
             for call in stack:
@@ -309,7 +317,10 @@ class DownstreamEvaluator:
         def post(module: nn.Module, args: Any, output: Any) -> None:
             nonlocal nbytes
             call = stack.pop()
-            call.output = _clone(output)
+            # Lazily, the output itself (no copy: most are never modified and most calls end up
+            # nested in a recorded parent); eagerly, a copy (when an in-place op changed one later)
+            call.output = _clone(output) if eager else output
+            call.versions = [] if eager else _versions(output)
             call.nbytes = _nbytes(call.output)
             nbytes += call.nbytes - sum(child.nbytes for child in call.children)  # children are subsumed
             call.children = []
@@ -330,24 +341,28 @@ class DownstreamEvaluator:
             for mode in self._modes():
                 calls[mode] = []
                 for i, x in enumerate(self._inputs(mode)):
-                    self.restore_reference()
-                    stack.clear()
-                    position = 0
-                    root = _Call(self.model)  # a sentinel parent: the model's own call is recorded under it
-                    stack.append(root)
-                    with self._mode(mode), _TouchGuard(storages, on_touch), self._replaying(previous, mode, i):
-                        try:
-                            run_with_dummy_input(self.model, x)
-                        except _PrefixEnd:
-                            pass
-                    # every call still open is an ancestor of the group's first use; their finished
-                    # children are the maximal prefix calls, in order
-                    maximal: list[_Call] = []
-                    for open_call in stack:
-                        maximal.extend(open_call.children)
-                        touched |= open_call.touched
+                    before = nbytes
+                    for eager in (False, True):
+                        nbytes = before
+                        self.restore_reference()
+                        stack.clear()
+                        position = 0
+                        stack.append(_Call(self.model))  # a sentinel parent: the model's call is recorded under it
+                        with self._mode(mode), _TouchGuard(storages, on_touch), self._replaying(previous, mode, i):
+                            try:
+                                run_with_dummy_input(self.model, x)
+                            except _PrefixEnd:
+                                pass
+                        # every call still open is an ancestor of the group's first use; their finished
+                        # children are the maximal prefix calls, in order
+                        maximal = [call for open_call in stack for call in open_call.children]
+                        if eager or all(_versions(c.output) == c.versions for c in maximal):
+                            break  # else an op changed a recorded output in place after it was returned
                     for call in maximal:
+                        _clone(call.output, copy=False)  # outputs the record cannot copy: fall back now
                         touched |= call.touched
+                    for open_call in stack:
+                        touched |= open_call.touched
                     calls[mode].append(maximal)
                     if mode == _SCORE and i == 0:
                         first_position = position
