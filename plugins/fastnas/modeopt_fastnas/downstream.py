@@ -35,17 +35,26 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from modeopt_autonas.space import Hparam, SearchSpace
 from modeopt_core.sdk import run_with_dummy_input
 
+from ._records import (
+    PrefixEnd,
+    Record,
+    RecordedCall,
+    TouchGuard,
+    Uncacheable,
+    clone_output,
+    output_nbytes,
+    output_versions,
+    storage_id,
+)
 from .scores import BatchScore
 
 __all__ = ["DEFAULT_CACHE_MB", "DownstreamEvaluator", "ReplayError"]
@@ -56,101 +65,8 @@ DEFAULT_CACHE_MB = 1024
 _CALIB, _SCORE = "calibration", "score"
 
 
-class _PrefixEnd(Exception):
-    """Raised inside a recording forward where the group's computation starts."""
-
-
-class _Uncacheable(Exception):
-    """The group cannot be evaluated from a record (reason in the message)."""
-
-
 class ReplayError(RuntimeError):
     """An evaluation from a record did not repeat the recorded computation; evaluate the group in full."""
-
-
-@dataclass
-class _Call:
-    module: nn.Module
-    output: Any = None
-    children: list[_Call] = field(default_factory=list)
-    touched: set[int] = field(default_factory=set)  # group ids whose tensors an op inside this call read
-    nbytes: int = 0
-    versions: list[int] = field(default_factory=list)  # version counters of the output when it was returned
-
-
-@dataclass
-class _Record:
-    """The prefix of one group: per mode, per batch, the maximal finished calls in order."""
-
-    gid: int
-    calls: dict[str, list[list[_Call]]]
-    touched: set[int]
-    prefix_bns: set[nn.Module]
-    nbytes: int
-    position: int  # module calls in the prefix of the first score batch (how far the prefix reaches)
-
-
-def _clone(value: Any, copy: bool = True) -> Any:
-    """A copy of a module output (tensors cloned, containers rebuilt); ``copy=False`` only checks that
-    it can be copied. Raises ``_Uncacheable`` for outputs of other types."""
-    if isinstance(value, torch.Tensor):
-        return value.clone() if copy else value
-    if isinstance(value, tuple) and hasattr(value, "_fields"):  # namedtuple
-        return type(value)(*(_clone(v, copy) for v in value))
-    if isinstance(value, (tuple, list)):
-        return type(value)(_clone(v, copy) for v in value)
-    if isinstance(value, dict) and type(value) is dict:
-        return {k: _clone(v, copy) for k, v in value.items()}
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    raise _Uncacheable(f"a module returned a {type(value).__name__}, which the record cannot copy")
-
-
-def _versions(value: Any) -> list[int]:
-    return [t._version for t in _tensors(value)]
-
-
-def _nbytes(value: Any) -> int:
-    if isinstance(value, torch.Tensor):
-        return value.numel() * value.element_size()
-    if isinstance(value, (tuple, list)):
-        return sum(_nbytes(v) for v in value)
-    if isinstance(value, dict):
-        return sum(_nbytes(v) for v in value.values())
-    return 0
-
-
-def _tensors(value: Any) -> Iterator[torch.Tensor]:
-    if isinstance(value, torch.Tensor):
-        yield value
-    elif isinstance(value, (tuple, list)):
-        for v in value:
-            yield from _tensors(v)
-    elif isinstance(value, dict):
-        for v in value.values():
-            yield from _tensors(v)
-
-
-def _storage(t: torch.Tensor) -> int:
-    try:
-        return int(t.untyped_storage().data_ptr())
-    except (RuntimeError, NotImplementedError):  # tensors without a plain storage (sparse, nested, ...)
-        return -1
-
-
-class _TouchGuard(TorchDispatchMode):
-    """Calls ``on_touch(group ids)`` for every op reading a tensor bound to a channel group."""
-
-    def __init__(self, storages: dict[int, frozenset[int]], on_touch: Callable[[frozenset[int]], None]) -> None:
-        super().__init__()
-        self.storages, self.on_touch = storages, on_touch
-
-    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
-        for t in _tensors((args, kwargs or {})):
-            groups = self.storages.get(_storage(t))
-            if groups:
-                self.on_touch(groups)
-        return func(*args, **(kwargs or {}))
 
 
 class DownstreamEvaluator:
@@ -179,12 +95,12 @@ class DownstreamEvaluator:
             self._members[group.id] = mods
             for mod in mods:
                 for t in [*mod.parameters(recurse=False), *mod.buffers(recurse=False)]:
-                    by_ptr.setdefault(_storage(t), set()).add(group.id)
+                    by_ptr.setdefault(storage_id(t), set()).add(group.id)
         self._storages = {ptr: frozenset(g) for ptr, g in by_ptr.items()}
         self._gid = {id(space.group_hparam(g.id)): g.id for g in space.structure.groups}
         self._reference: list[tuple[torch.Tensor, torch.Tensor]] = []
         self._reference_tracked: dict[nn.Module, int] = {}
-        self._record: _Record | None = None
+        self._record: Record | None = None
         self.stats = {"recorded_s": 0.0, "evaluate_s": 0.0, "recorded_groups": 0, "fallback_groups": 0}
         self.fallback_reasons: dict[str, str] = {}
 
@@ -247,7 +163,7 @@ class DownstreamEvaluator:
 
         handles = [m.register_forward_pre_hook(pre) for m in self.model.modules()]
         try:
-            with self._mode(_SCORE), _TouchGuard(self._storages, note):
+            with self._mode(_SCORE), TouchGuard(self._storages, note):
                 run_with_dummy_input(self.model, self.score.inputs[0])
         finally:
             for h in handles:
@@ -267,12 +183,12 @@ class DownstreamEvaluator:
         try:
             try:
                 self._record = self._capture(gid, previous)
-            except _Uncacheable:
+            except Uncacheable:
                 if previous is None:
                     raise
                 previous = None  # the two records together exceed the cap: record from scratch
                 self._record = self._capture(gid, None)
-        except _Uncacheable as exc:
+        except Uncacheable as exc:
             self.fallback_reasons[hp.name] = str(exc)
             self.stats["fallback_groups"] += 1
             return False
@@ -290,28 +206,28 @@ class DownstreamEvaluator:
         """Free the record."""
         self._record = None
 
-    def _capture(self, gid: int, previous: _Record | None) -> _Record:
+    def _capture(self, gid: int, previous: Record | None) -> Record:
         members, storages = self._members[gid], self._storages
         modules = list(self.model.modules())
-        calls: dict[str, list[list[_Call]]] = {}
+        calls: dict[str, list[list[RecordedCall]]] = {}
         touched: set[int] = set()
         prefix_bns: set[nn.Module] = set()
         nbytes = 0 if previous is None else previous.nbytes
         position = 0
-        stack: list[_Call] = []
+        stack: list[RecordedCall] = []
         eager = False
 
         def on_touch(groups: frozenset[int]) -> None:
             for call in stack:
                 call.touched |= groups
             if gid in groups:
-                raise _PrefixEnd
+                raise PrefixEnd
 
         def pre(module: nn.Module, args: Any) -> None:
             nonlocal position
             if module in members:
-                raise _PrefixEnd
-            stack.append(_Call(module))
+                raise PrefixEnd
+            stack.append(RecordedCall(module))
             position += 1
 
         def post(module: nn.Module, args: Any, output: Any) -> None:
@@ -319,13 +235,13 @@ class DownstreamEvaluator:
             call = stack.pop()
             # Lazily, the output itself (no copy: most are never modified and most calls end up
             # nested in a recorded parent); eagerly, a copy (when an in-place op changed one later)
-            call.output = _clone(output) if eager else output
-            call.versions = [] if eager else _versions(output)
-            call.nbytes = _nbytes(call.output)
+            call.output = clone_output(output) if eager else output
+            call.versions = [] if eager else output_versions(output)
+            call.nbytes = output_nbytes(call.output)
             nbytes += call.nbytes - sum(child.nbytes for child in call.children)  # children are subsumed
             call.children = []
             if nbytes > self.cap:
-                raise _Uncacheable(f"the upstream activations exceed downstream_cache_mb={self.cap / 2**20:.0f}")
+                raise Uncacheable(f"the upstream activations exceed downstream_cache_mb={self.cap / 2**20:.0f}")
             if isinstance(module, _BatchNorm):
                 prefix_bns.add(module)
             if stack:
@@ -347,19 +263,19 @@ class DownstreamEvaluator:
                         self.restore_reference()
                         stack.clear()
                         position = 0
-                        stack.append(_Call(self.model))  # a sentinel parent: the model's call is recorded under it
-                        with self._mode(mode), _TouchGuard(storages, on_touch), self._replaying(previous, mode, i):
+                        stack.append(RecordedCall(self.model))  # a sentinel parent: the model's call is recorded under it
+                        with self._mode(mode), TouchGuard(storages, on_touch), self._replaying(previous, mode, i):
                             try:
                                 run_with_dummy_input(self.model, x)
-                            except _PrefixEnd:
+                            except PrefixEnd:
                                 pass
                         # every call still open is an ancestor of the group's first use; their finished
                         # children are the maximal prefix calls, in order
                         maximal = [call for open_call in stack for call in open_call.children]
-                        if eager or all(_versions(c.output) == c.versions for c in maximal):
+                        if eager or all(output_versions(c.output) == c.versions for c in maximal):
                             break  # else an op changed a recorded output in place after it was returned
                     for call in maximal:
-                        _clone(call.output, copy=False)  # outputs the record cannot copy: fall back now
+                        clone_output(call.output, copy=False)  # outputs the record cannot copy: fall back now
                         touched |= call.touched
                     for open_call in stack:
                         touched |= open_call.touched
@@ -371,11 +287,11 @@ class DownstreamEvaluator:
                 h.remove()
         if previous is not None:
             nbytes -= previous.nbytes
-        return _Record(gid, calls, touched, prefix_bns, nbytes, first_position)
+        return Record(gid, calls, touched, prefix_bns, nbytes, first_position)
 
     # ---------------------------------------------------------------- replaying
     @contextmanager
-    def _replaying(self, record: _Record | None, mode: str, batch: int) -> Iterator[list[int]]:
+    def _replaying(self, record: Record | None, mode: str, batch: int) -> Iterator[list[int]]:
         """Short-circuit the recorded calls of ``record`` for one batch; yields the consumed count."""
         consumed = [0]
         if record is None:
@@ -391,7 +307,7 @@ class DownstreamEvaluator:
                 pos = consumed[0]
                 if pos < len(sequence) and sequence[pos].module is module:
                     consumed[0] = pos + 1
-                    return _clone(sequence[pos].output)
+                    return clone_output(sequence[pos].output)
                 return real(*args, **kwargs)
 
             return forward
@@ -417,7 +333,7 @@ class DownstreamEvaluator:
             with self._replaying(record, mode, i) as consumed:
                 outputs.append(run_with_dummy_input(self.model, x))
             if consumed[0] != len(record.calls[mode][i]):
-                raise _Uncacheable(
+                raise Uncacheable(
                     f"the forward pass did not repeat the recorded module calls ({consumed[0]} of "
                     f"{len(record.calls[mode][i])} replayed): data-dependent control flow?"
                 )
@@ -444,11 +360,11 @@ class DownstreamEvaluator:
                     for bn, momentum in momenta.items():
                         bn.momentum = momentum
                 if any(self._ran(bn) for bn in record.prefix_bns):
-                    raise _Uncacheable("a batch norm called before the group's first use is called again after it")
+                    raise Uncacheable("a batch norm called before the group's first use is called again after it")
             with self._mode(_SCORE):
                 outputs = self._run(_SCORE)
             return float(self.score.score_outputs(outputs))
-        except _Uncacheable as exc:
+        except Uncacheable as exc:
             raise ReplayError(str(exc)) from exc
         finally:
             self.stats["evaluate_s"] += time.perf_counter() - t0
