@@ -197,7 +197,12 @@ def fmt_bytes(value: float) -> str:
 
 
 def digits_baseline(
-    epochs: int, seed: int = 0, cache: str | None = None, widths: tuple[int, int, int] = (32, 64, 128)
+    epochs: int,
+    seed: int = 0,
+    cache: str | None = None,
+    widths: tuple[int, int, int] = (32, 64, 128),
+    image_size: int = 8,
+    lr: float = 0.05,
 ) -> tuple[Any, float | None]:
     """The digits CNN trained for ``epochs`` (seed ``seed``) and the training seconds (None: from the cache).
 
@@ -208,14 +213,16 @@ def digits_baseline(
     from modeopt_fastnas.digits import DigitsResNet, digits_loaders, train_epochs
 
     folder = Path(cache or os.environ.get("MODEOPT_BENCH_CACHE", Path.home() / ".cache" / "modeopt-bench"))
-    path = folder / f"digits-resnet{'-'.join(map(str, widths))}-seed{seed}-ep{epochs}.safetensors"
+    size = "" if image_size == 8 else f"-{image_size}px"
+    rate = "" if lr == 0.05 else f"-lr{lr:g}"
+    path = folder / f"digits-resnet{'-'.join(map(str, widths))}{size}-seed{seed}-ep{epochs}{rate}.safetensors"
     if path.exists():
         return mo.restore(DigitsResNet(widths), path), None
     torch.manual_seed(seed)
     model = DigitsResNet(widths)
-    train, _ = digits_loaders(seed=0)
+    train, _ = digits_loaders(seed=0, image_size=image_size)
     start = time.perf_counter()
-    train_epochs(model, train, epochs)
+    train_epochs(model, train, epochs, lr=lr)
     seconds = time.perf_counter() - start
     folder.mkdir(parents=True, exist_ok=True)
     mo.save(model, path)

@@ -36,7 +36,6 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils.flop_counter import FlopCounterMode
 
 from .errors import ConstraintError
 
@@ -163,6 +162,8 @@ class ForwardProfiler:
         if not {"flops", "params"} & set(names):
             return values
         flags = {m: m.training for m in self.model.modules()}
+        from torch.utils.flop_counter import FlopCounterMode  # lazy: importing it costs ~0.1-0.3 s (triton)
+
         counter = FlopCounterMode(display=False)
         recorder = _StorageRecorder()
         try:

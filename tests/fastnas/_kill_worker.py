@@ -1,8 +1,9 @@
 """A checkpointed FastNAS search on TinyCNN with a real, model-running score (for the SIGKILL test).
 
-``python -m tests.fastnas._kill_worker CKPT OUT [KILL_AT]`` runs the search with checkpoint CKPT and
-writes the results to OUT as JSON; with KILL_AT the process SIGKILLs itself inside the KILL_AT-th
-score evaluation (no cleanup, no flush: as a crash or an OOM kill would).
+``python -m tests.fastnas._kill_worker CKPT OUT [KILL_AT] [--downstream]`` runs the search with checkpoint
+CKPT and writes the results to OUT as JSON; with KILL_AT the process SIGKILLs itself inside the KILL_AT-th
+score evaluation (no cleanup, no flush: as a crash or an OOM kill would). ``--downstream`` scores with a
+``BatchScore``, so entries are evaluated downstream-only from records of the upstream activations.
 """
 
 from __future__ import annotations
@@ -17,11 +18,22 @@ import torch
 
 import modeopt_core as mo
 from modeopt_autonas.space import get_search_space
-from modeopt_fastnas import OutputAgreement, prune, random_inputs
+from modeopt_fastnas import BatchScore, OutputAgreement, prune, random_inputs
 from tests.fastnas._models import INPUT_SHAPE, batches, tiny_cnn
 
 
-def run(checkpoint: str | None, kill_at: int | None = None) -> dict[str, Any]:
+class _Counting(BatchScore):
+    """The agreement score, with a hook on every evaluation (also downstream-only ones)."""
+
+    def __init__(self, agreement: OutputAgreement, on_eval: Any) -> None:
+        self.inputs, self.agreement, self.on_eval = agreement.inputs, agreement, on_eval
+
+    def score_outputs(self, outputs: Any) -> float:
+        self.on_eval()
+        return self.agreement.score_outputs(outputs)
+
+
+def run(checkpoint: str | None, kill_at: int | None = None, downstream: bool = False) -> dict[str, Any]:
     """Run the search; return JSON-able results plus which hparam each evaluation narrowed."""
     torch.set_num_threads(1)
     model = tiny_cnn()
@@ -31,14 +43,18 @@ def run(checkpoint: str | None, kill_at: int | None = None) -> dict[str, Any]:
     widest = {n: hp.max for n, hp in space.named_hparams(True)}
     evaluated: list[str] = []
 
-    def score(m: torch.nn.Module) -> float:
+    def note() -> None:
         if kill_at is not None and len(evaluated) + 1 == kill_at:
             os.kill(os.getpid(), signal.SIGKILL)
         narrowed = [n for n, v in space.config().items() if v != widest[n]]
         evaluated.append(narrowed[0] if narrowed else "original")
+
+    def score(m: torch.nn.Module) -> float:
+        note()
         return agreement(m)
 
-    config: dict[str, Any] = {"score_func": score, "data_loader": batches(8), "verbose": False}
+    config: dict[str, Any] = {"score_func": _Counting(agreement, note) if downstream else score,
+                              "data_loader": batches(8), "verbose": False}
     if checkpoint is not None:
         config["checkpoint"] = checkpoint
     _, res = prune(model, {"flops": "45%"}, torch.zeros(INPUT_SHAPE), config)
@@ -48,11 +64,15 @@ def run(checkpoint: str | None, kill_at: int | None = None) -> dict[str, Any]:
         "evaluated": evaluated,
         "resumed": res["resumed"],
         "num_score_evals_total": res["num_score_evals_total"],
+        "downstream_groups": res["timings"].get("downstream_recorded_groups", 0),
     }
 
 
 if __name__ == "__main__":
     ckpt, out = sys.argv[1], sys.argv[2]
-    result = run(ckpt, int(sys.argv[3]) if len(sys.argv) > 3 else None)
+    rest = sys.argv[3:]
+    downstream = "--downstream" in rest
+    numbers = [a for a in rest if a != "--downstream"]
+    result = run(ckpt, int(numbers[0]) if numbers else None, downstream)
     with open(out, "w") as f:
         json.dump(result, f)

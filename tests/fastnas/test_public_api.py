@@ -6,7 +6,7 @@ import modeopt_fastnas
 from tests._public import assert_face
 
 FASTNAS = {
-    "BN_CALIBRATION_MODES", "DEFAULT_RATIOS", "BinarySearcher", "FastNASChannelRule", "FastNASConfig",
+    "AccuracyScore", "BatchScore", "BN_CALIBRATION_MODES", "DEFAULT_RATIOS", "BinarySearcher", "LossScore", "FastNASChannelRule", "FastNASConfig",
     "FastNASFeatureRule", "FastNASMode", "FastNASModeDescriptor", "FastNASPatchManager", "OutputAgreement",
     "convert_fastnas_searchspace", "prune", "random_inputs", "restore_fastnas_searchspace",
 }

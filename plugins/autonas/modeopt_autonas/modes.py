@@ -23,6 +23,11 @@ class SupernetRuleConfig(NASRuleConfig):
         "random in rotation)",
     )
     seed: int = Field(default=0, strict=True, description="seed of the training-time subnet sampler (reproducible runs)")
+    calibration_batches: int = Field(
+        default=8, ge=0, strict=True,
+        description="inputs of the first training forwards kept as calibration data: evaluating a subnet "
+        "re-estimates its batch-norm statistics from them, searches use them when given no data (0: keep none)",
+    )
 
 
 AutoNASConfig = make_rule_config(
@@ -60,4 +65,5 @@ class AutoNASMode(NASModeBase):
         from .training import install_supernet_sampling  # the training machinery loads with its first use
 
         assert isinstance(config, SupernetRuleConfig)
-        install_supernet_sampling(model, space, schedule=config.sampling, seed=config.seed)
+        install_supernet_sampling(model, space, schedule=config.sampling, seed=config.seed,
+                                  calibration_batches=config.calibration_batches)

@@ -246,6 +246,13 @@ class NASSearcher(IterativeSearcher):
                 )
             return
         if self.forward_loop is None:
+            sampler = supernet_sampler(self.model)
+            self.forward_loop = sampler.kept_forward_loop() if sampler is not None else None
+            if self.forward_loop is not None:
+                logger.log(logging.INFO if self.config["verbose"] else logging.DEBUG,
+                           "calibrating candidates on the %d training batches the supernet kept",
+                           len(sampler.kept) if sampler is not None else 0)
+        if self.forward_loop is None:
             raise ConfigError(
                 "the model has batch-norm layers whose statistics must be re-estimated for every candidate "
                 "subnet before it is scored; pass config['data_loader'] (or 'forward_loop'), or set "

@@ -1,6 +1,6 @@
 """FastNAS for modeopt: prune a model's channels to a FLOPs/params/latency budget.
 
-``prune(model, {"flops": "50%"}, dummy_input, {"score_func": ...})`` converts the model with the
+``prune(model, {"flops": "50%"}, dummy_input, {"score_func": AccuracyScore(val_loader)})`` converts the model with the
 ``fastnas`` mode, measures how much the score drops when each layer is narrowed (a sensitivity map),
 and bisects over a drop threshold until the analytic FLOPs/params (and the latency predicted by a
 measured, cached table of the layers on this device) meet the budget. See ``docs/fastnas.md``.
@@ -12,12 +12,14 @@ from .api import prune
 from .compat import FastNASModeDescriptor, FastNASPatchManager, convert_fastnas_searchspace, restore_fastnas_searchspace
 from .config import DEFAULT_RATIOS, FastNASChannelRule, FastNASConfig, FastNASFeatureRule
 from .mode import FastNASMode
-from .scores import OutputAgreement, random_inputs
+from .scores import AccuracyScore, BatchScore, LossScore, OutputAgreement, random_inputs
 from .searcher import BN_CALIBRATION_MODES, BinarySearcher
 
 __all__ = [
     "BN_CALIBRATION_MODES",
     "DEFAULT_RATIOS",
+    "AccuracyScore",
+    "BatchScore",
     "BinarySearcher",
     "FastNASChannelRule",
     "FastNASConfig",
@@ -25,6 +27,7 @@ __all__ = [
     "FastNASMode",
     "FastNASModeDescriptor",
     "FastNASPatchManager",
+    "LossScore",
     "OutputAgreement",
     "convert_fastnas_searchspace",
     "prune",

@@ -55,20 +55,26 @@ class DigitsResNet(nn.Module):
         return self.fc(torch.flatten(self.pool(x), 1))
 
 
-def _digits(seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _digits(seed: int, image_size: int = 8) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     from sklearn.datasets import load_digits
 
     data = load_digits()
     x = torch.tensor(data.images, dtype=torch.float32).unsqueeze(1) / 16.0
+    if image_size != 8:
+        x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", align_corners=False)
     y = torch.tensor(data.target, dtype=torch.long)
     return x, y, torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
 
 
 def digits_loaders(
-    batch_size: int = 64, val_fraction: float = 0.25, seed: int = 0
+    batch_size: int = 64, val_fraction: float = 0.25, seed: int = 0, image_size: int = 8
 ) -> tuple[DataLoader, DataLoader]:
-    """Train and validation loaders over scikit-learn's 1,797 digits, scaled to [0, 1], N x 1 x 8 x 8."""
-    x, y, perm = _digits(seed)
+    """Train and validation loaders over scikit-learn's 1,797 digits, scaled to [0, 1], N x 1 x S x S.
+
+    ``image_size`` other than 8 resizes the 8x8 images bilinearly (16: the workload of the ModelOpt
+    comparison in ``docs/benchmarks.md``, 52.6 MFLOPs per image for :class:`DigitsResNet`).
+    """
+    x, y, perm = _digits(seed, image_size)
     n_val = int(len(x) * val_fraction)
     val_idx, train_idx = perm[:n_val], perm[n_val:]
     gen = torch.Generator().manual_seed(seed)

@@ -1,17 +1,30 @@
-"""Data-free score functions: how closely a pruned model reproduces the unpruned model's outputs."""
+"""Ready score objects: accuracy and loss on a data loader, agreement with a reference model's outputs.
+
+Each is a :class:`BatchScore`: a ``score(model) -> float`` callable (pass it as ``score_func``) that
+also exposes its fixed model inputs and how to turn the model's outputs on them into the score. With
+that, FastNAS computes the outputs itself and runs only the part of the network downstream of the
+layer it narrows (see ``modeopt_fastnas.downstream``); any other ``score_func(model)`` works too, at
+the cost of a full forward pass per evaluation.
+
+Batches are drawn from the loader once, at construction, and kept in memory, so every evaluation
+sees the same data (a shuffling loader would otherwise add noise to every comparison).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import itertools
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from modeopt_core import ConfigError
 from modeopt_core.sdk import run_with_dummy_input
 
-__all__ = ["OutputAgreement", "random_inputs"]
+__all__ = ["AccuracyScore", "BatchScore", "LossScore", "OutputAgreement", "model_outputs", "random_inputs"]
 
 
 def random_inputs(shape: Sequence[int], num_batches: int = 2, seed: int = 0) -> list[torch.Tensor]:
@@ -20,23 +33,158 @@ def random_inputs(shape: Sequence[int], num_batches: int = 2, seed: int = 0) -> 
     return [torch.randn(*shape, generator=gen) for _ in range(num_batches)]
 
 
-def _outputs(model: nn.Module, inputs: Sequence[Any]) -> list[torch.Tensor]:
+def model_outputs(model: nn.Module, inputs: Iterable[Any]) -> list[Any]:
+    """``model``'s outputs on ``inputs`` (dummy-input convention) in eval mode without gradients; the
+    train flags of every module are restored afterwards."""
     flags = {m: m.training for m in model.modules()}
     try:
         model.eval()
         with torch.no_grad():
-            return [torch.as_tensor(run_with_dummy_input(model, x)).float() for x in inputs]
+            return [run_with_dummy_input(model, x) for x in inputs]
     finally:
         for module, flag in flags.items():
             module.training = flag
 
 
-class OutputAgreement:
+def default_output(output: Any) -> torch.Tensor:
+    """The prediction tensor of a model output: the tensor itself, ``output["logits"]`` (or
+    ``.logits``) of a dict-like output, else the first item of a tuple/list."""
+    if isinstance(output, torch.Tensor):
+        return output
+    if isinstance(output, Mapping) and "logits" in output:
+        return default_output(output["logits"])
+    if hasattr(output, "logits"):
+        return default_output(output.logits)
+    if isinstance(output, (tuple, list)) and output:
+        return default_output(output[0])
+    raise ConfigError(
+        f"cannot find the prediction tensor in a model output of type {type(output).__name__}; pass "
+        "output_func=lambda out: <the logits tensor>"
+    )
+
+
+def _split_batch(batch: Any) -> tuple[Any, Any]:
+    if isinstance(batch, (tuple, list)) and len(batch) >= 2:
+        return batch[0], batch[1]
+    raise ConfigError(
+        f"a data-loader batch of type {type(batch).__name__} is not an (input, target) pair; pass "
+        "collect_func=lambda batch: <model input> and target_func=lambda batch: <targets>"
+    )
+
+
+class BatchScore(ABC):
+    """A score computed from a model's outputs on fixed inputs; ``score(model)`` runs the model on them.
+
+    Subclasses set :attr:`inputs` and implement :meth:`score_outputs`. Calling the object runs the model
+    in eval mode without gradients (train flags restored) and scores its outputs; FastNAS may instead
+    compute the same outputs with cached upstream activations and call :meth:`score_outputs` itself.
+    """
+
+    inputs: list[Any]
+    """The model inputs, one per batch, in the dummy-input convention (a tensor or a tuple of args)."""
+
+    @abstractmethod
+    def score_outputs(self, outputs: Sequence[Any]) -> float:
+        """The score (higher is better) of the model outputs on :attr:`inputs`, in the same order."""
+
+    def __call__(self, model: nn.Module) -> float:
+        return self.score_outputs(model_outputs(model, self.inputs))
+
+
+class _LabelledScore(BatchScore):
+    def __init__(
+        self,
+        data_loader: Iterable[Any],
+        *,
+        max_batches: int | None,
+        collect_func: Callable[[Any], Any] | None,
+        target_func: Callable[[Any], Any] | None,
+        output_func: Callable[[Any], torch.Tensor] | None,
+    ) -> None:
+        if max_batches is not None and (isinstance(max_batches, bool) or max_batches < 1):
+            raise ConfigError(f"max_batches must be None or an int >= 1, got {max_batches!r}")
+        batches = list(itertools.islice(data_loader, max_batches))
+        if not batches:
+            raise ConfigError(f"{type(self).__name__} got an empty data loader; pass at least one batch")
+        self.inputs = [collect_func(b) if collect_func else _split_batch(b)[0] for b in batches]
+        self.targets = [target_func(b) if target_func else _split_batch(b)[1] for b in batches]
+        self.output_func = output_func or default_output
+
+
+class AccuracyScore(_LabelledScore):
+    """Top-``k`` accuracy in percent over the first ``max_batches`` batches of ``data_loader``.
+
+    Args:
+        collect_func / target_func: map a batch to the model input / the class indices (default: the
+            first and second item of an ``(input, target)`` batch).
+        output_func: maps a model output to the logits (default: :func:`default_output`).
+    """
+
+    def __init__(
+        self,
+        data_loader: Iterable[Any],
+        *,
+        topk: int = 1,
+        max_batches: int | None = None,
+        collect_func: Callable[[Any], Any] | None = None,
+        target_func: Callable[[Any], Any] | None = None,
+        output_func: Callable[[Any], torch.Tensor] | None = None,
+    ) -> None:
+        if isinstance(topk, bool) or not isinstance(topk, int) or topk < 1:
+            raise ConfigError(f"topk must be an int >= 1, got {topk!r}")
+        super().__init__(data_loader, max_batches=max_batches, collect_func=collect_func, target_func=target_func,
+                         output_func=output_func)
+        self.topk = topk
+
+    def score_outputs(self, outputs: Sequence[Any]) -> float:
+        correct = total = 0
+        for out, target in zip(outputs, self.targets):
+            logits = self.output_func(out)
+            target = torch.as_tensor(target, device=logits.device)
+            top = logits.topk(self.topk, dim=-1).indices
+            correct += int((top == target.unsqueeze(-1)).any(-1).sum())
+            total += target.numel()
+        return 100.0 * correct / max(total, 1)
+
+
+class LossScore(_LabelledScore):
+    """Minus the mean of ``loss_func(output, target)`` over the samples (higher is better).
+
+    ``loss_func`` returns the mean over a batch (like ``F.cross_entropy``); batches are weighted by
+    their number of targets. Other arguments as for :class:`AccuracyScore`.
+    """
+
+    def __init__(
+        self,
+        data_loader: Iterable[Any],
+        loss_func: Callable[[torch.Tensor, Any], torch.Tensor] = F.cross_entropy,
+        *,
+        max_batches: int | None = None,
+        collect_func: Callable[[Any], Any] | None = None,
+        target_func: Callable[[Any], Any] | None = None,
+        output_func: Callable[[Any], torch.Tensor] | None = None,
+    ) -> None:
+        if not callable(loss_func):
+            raise ConfigError(f"loss_func must be callable(output, target) -> loss, got {loss_func!r}")
+        super().__init__(data_loader, max_batches=max_batches, collect_func=collect_func, target_func=target_func,
+                         output_func=output_func)
+        self.loss_func = loss_func
+
+    def score_outputs(self, outputs: Sequence[Any]) -> float:
+        total = weight = 0.0
+        for out, target in zip(outputs, self.targets):
+            n = len(target) if hasattr(target, "__len__") else 1
+            total += float(self.loss_func(self.output_func(out), target)) * n
+            weight += n
+        return -total / max(weight, 1.0)
+
+
+class OutputAgreement(BatchScore):
     """``score(model)``: agreement of ``model``'s outputs with reference outputs on fixed inputs.
 
     The score is ``1 - sum((y - y_ref)^2) / sum(y_ref^2)`` over all batches: 1 for identical outputs,
-    0 for outputs no closer than all zeros, below 0 for worse. The model runs in eval mode, without
-    gradients; its train flags are restored.
+    0 for outputs no closer than all zeros, below 0 for worse. Data-free when given
+    :func:`random_inputs`.
 
     Args:
         model: the unpruned model whose outputs are the reference (run once, now).
@@ -47,10 +195,13 @@ class OutputAgreement:
         self.inputs = list(inputs)
         if not self.inputs:
             raise ConfigError("OutputAgreement needs at least one input batch; pass e.g. random_inputs(shape)")
-        self.reference = _outputs(model, self.inputs)
+        self.reference = [self._tensor(y) for y in model_outputs(model, self.inputs)]
         self._energy = sum(float(y.pow(2).sum()) for y in self.reference) or 1.0
 
-    def __call__(self, model: nn.Module) -> float:
-        outputs = _outputs(model, self.inputs)
-        error = sum(float((y - r).pow(2).sum()) for y, r in zip(outputs, self.reference))
+    @staticmethod
+    def _tensor(output: Any) -> torch.Tensor:
+        return torch.as_tensor(output).float()
+
+    def score_outputs(self, outputs: Sequence[Any]) -> float:
+        error = sum(float((self._tensor(y) - r).pow(2).sum()) for y, r in zip(outputs, self.reference))
         return 1.0 - error / self._energy

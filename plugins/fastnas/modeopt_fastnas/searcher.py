@@ -33,14 +33,7 @@ import torch
 from pydantic import Field, JsonValue
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from modeopt_autonas.space import (
-    LATENCY_REPORT_MODES,
-    Hparam,
-    LatencyModel,
-    SearchSpace,
-    SubnetProfiler,
-    get_search_space,
-)
+from modeopt_autonas.space import LATENCY_REPORT_MODES, LatencyModel, SubnetProfiler, get_search_space
 from modeopt_core import (
     ConfigError,
     ConstraintError,
@@ -48,7 +41,6 @@ from modeopt_core import (
     ModelProfiler,
     distributed,
     make_forward_loop,
-    recalibrate_batchnorm,
 )
 from modeopt_core.sdk import (
     DEFAULT_MIN_CALIBRATION_BATCHES,
@@ -57,14 +49,15 @@ from modeopt_core.sdk import (
     SearchConfig,
     check_float,
     check_int,
-    progress,
     state_error,
     unpack_dummy_input,
 )
 
-from ._sharded_sensitivity import sharded_sensitivity_map
-from .latency import bisectable_thresholds, drop_slower_choices
-from .sensitivity import PruningKey, monotone_drops, pruning_keys, subnet_for_threshold, threshold_candidates
+from .boundary import BoundarySelector
+from .downstream import DEFAULT_CACHE_MB
+from .map_builder import SensitivityMapBuilder
+from .selection import SELECTION_ORDERS
+from .sensitivity import monotone_drops, subnet_for_threshold
 
 __all__ = ["BN_CALIBRATION_MODES", "BinarySearcher"]
 
@@ -81,7 +74,7 @@ def _fmt(value: float) -> str:
     return f"{value:.3g}"
 
 
-class BinarySearcher(IterativeSearcher):
+class BinarySearcher(SensitivityMapBuilder, BoundarySelector):
     """FastNAS search (see the module doc). Needs ``score_func`` and a ``flops``, ``params`` and/or ``latency`` budget.
 
     Search-config keys on top of the searcher base's:
@@ -110,35 +103,9 @@ class BinarySearcher(IterativeSearcher):
     constraints: a finished map is reused to prune the same model to another budget in milliseconds.
     """
 
-    resume_compatible_keys = IterativeSearcher.resume_compatible_keys | {"latency_options", "latency_report"}
-
-    # Assigned by reset_search() from default_state_dict.
-    original_score: float | None
-    sensitivity_raw: dict[str, list[list[Any]]]
-    num_score_evals: int
-    sensitivity_time_s: float
-    thresholds_visited: list[dict[str, Any]]
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.space: SearchSpace | None = None
-        self._profiler: SubnetProfiler | None = None
-        self._targets: dict[str, Hparam] = {}  # the width hparams being pruned
-        self._clear_run()
-
-    def _clear_run(self) -> None:
-        self._drops: dict[str, dict[int, float]] = {}  # monotone measured drops
-        self._keys: dict[str, dict[int, PruningKey]] = {}  # pruning order (see .sensitivity)
-        self._threshold: PruningKey = (0.0, 0.0, 0.0)
-        self._best_key: PruningKey | None = None
-        self._chosen_threshold: float | None = None
-        self._bn_snapshot: list[tuple[torch.Tensor, torch.Tensor]] = []
-        self._sort_log: list[Any] = []  # the channel sort, undone if the search fails
-        self._timings: dict[str, float] = {}
-        self._evals_this_run = self._calibration_batches = 0
-        self._bn_recalibrated = False
-        self._dropped_choices: dict[str, list[int]] = {}  # widths predicted no faster than a wider one
-        self._latency_report: dict[str, Any] | None = None
+    resume_compatible_keys = IterativeSearcher.resume_compatible_keys | {
+        "downstream_cache_mb", "selection", "params_weight", "boundary_evals", "latency_options", "latency_report"}
+    """These change how fast entries are measured or how the subnet is picked from the map, never the map."""
 
     # ----------------------------------------------------------------- configuration
     @property
@@ -150,6 +117,10 @@ class BinarySearcher(IterativeSearcher):
             "bn_calibration": "auto",
             "min_calibration_batches": DEFAULT_MIN_CALIBRATION_BATCHES,
             "zero_drop_tol": 1e-5,
+            "downstream_cache_mb": DEFAULT_CACHE_MB,
+            "selection": ("drop",),
+            "params_weight": 1.0,
+            "boundary_evals": 0,
             "latency_options": None,
             "latency_report": "final",
         }
@@ -217,22 +188,21 @@ class BinarySearcher(IterativeSearcher):
             )
         check_int(merged, "min_calibration_batches", minimum=1)
         check_float(merged, "zero_drop_tol", minimum=0.0)
+        check_float(merged, "downstream_cache_mb", minimum=0.0)
+        check_float(merged, "params_weight", minimum=0.0)
+        check_int(merged, "boundary_evals", minimum=0)
+        selection = merged["selection"]
+        if isinstance(selection, str):
+            selection = (selection,)
+        if not selection or any(o not in SELECTION_ORDERS for o in selection):
+            raise ConfigError(f"search config selection={merged['selection']!r} is invalid; expected a non-empty "
+                              f"list of {SELECTION_ORDERS}")
+        merged["selection"] = tuple(selection)
         LatencyModel.check_options(merged["latency_options"])
         if merged["latency_report"] not in LATENCY_REPORT_MODES:
             raise ConfigError(f"search config latency_report={merged['latency_report']!r} is invalid; expected one "
                               f"of {LATENCY_REPORT_MODES}")
         return merged
-
-    @property
-    def _bn_mode(self) -> str:
-        mode = self.config["bn_calibration"]
-        if mode == "auto":
-            return "each" if self.forward_loop is not None else "off"
-        return str(mode)
-
-    @property
-    def _log_level(self) -> int:
-        return self.log_level  # INFO when verbose (on rank 0 only under torch.distributed)
 
     # ----------------------------------------------------------------- search space plumbing
     def make_profiler(self) -> ModelProfiler | None:
@@ -256,14 +226,6 @@ class BinarySearcher(IterativeSearcher):
     def sensitivity_map(self) -> dict[str, dict[int, float]]:
         """``{hparam: {choice: score drop}}`` of the mapped hparams, monotone (ModelOpt's attribute name)."""
         return {n: monotone_drops(raw) for n, raw in getattr(self, "sensitivity_raw", {}).items()}
-
-    def _space(self) -> SearchSpace:
-        assert self.space is not None  # set by make_profiler, which search() calls first
-        return self.space
-
-    def _counter(self) -> SubnetProfiler:
-        assert self._profiler is not None  # search() refuses constraints without a dummy input
-        return self._profiler
 
     def select(self, config: Mapping[str, Any]) -> None:
         self._space().select(config, strict=False)
@@ -329,6 +291,7 @@ class BinarySearcher(IterativeSearcher):
             # data, adding noise to the map and making a resumed search differ from an uninterrupted one.
             drawn = list(itertools.islice(self.config["data_loader"], self.config["max_iter_data_loader"]))
             self.forward_loop = make_forward_loop(drawn, collect_func=self.config["collect_func"])
+            self._draw_calibration_inputs(drawn)
         t0 = time.perf_counter()
         with self._restore_on_error():  # the sort is function-preserving, but a failed search undoes it too
             space.sort_by_importance(list(self._targets), log=self._sort_log)
@@ -343,6 +306,7 @@ class BinarySearcher(IterativeSearcher):
         with self._restore_on_error():
             if self.original_score is None:
                 self.original_score = self._measure_score()
+                self._calibrated_at_max = self._bn_mode == "each"
             _log.log(self._log_level, "FastNAS original score %.6g", self.original_score)
         self._timings["setup_s"] = time.perf_counter() - start
 
@@ -353,6 +317,9 @@ class BinarySearcher(IterativeSearcher):
             t0 = time.perf_counter()
             self._binary_search()
             self._timings["binary_search_s"] = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            self._judge_boundary()
+            self._timings["boundary_s"] = time.perf_counter() - t0
         self.save_search_checkpoint()
 
     def after_search(self) -> None:
@@ -403,156 +370,6 @@ class BinarySearcher(IterativeSearcher):
             "channel_divisor/feature_divisor, a larger min_width_steps, fewer frozen modules)"
         )
 
-    def _count(self, name: str, config: dict[str, int] | None = None) -> float:
-        """``flops``, ``params`` or ``latency`` (predicted ms) of the active subnet or of ``config``."""
-        return float(getattr(self._counter(), name)(config))
-
-    def _calibrate(self) -> None:
-        assert self.forward_loop is not None
-        space = self._space()
-        with space.driver_paused():  # the searcher manages the statistics itself
-            self._calibration_batches = recalibrate_batchnorm(
-                self.model, self.forward_loop, min_batches=self.config["min_calibration_batches"], strict=True
-            )
-        if space.driver is not None:
-            space.driver.note_calibrated()
-
-    def _measure_score(self) -> float:
-        """The real score of the model as currently selected (after BN re-estimation when configured)."""
-        if self._bn_mode == "each":
-            self._calibrate()
-        with self._space().driver_paused():
-            score = super().eval_score()
-        self.num_score_evals += 1
-        self._evals_this_run += 1
-        return score
-
-    def _build_sensitivity_map(self) -> None:
-        space = self._space()
-        self.original_score = distributed.broadcast_object(self.original_score)  # rank 0's, on every rank
-        assert self.original_score is not None
-        tol = self.config["zero_drop_tol"]
-        todo = [(n, hp) for n, hp in self._targets.items() if n not in self.sensitivity_raw]
-        if len(todo) < len(self._targets):
-            _log.log(self._log_level, "FastNAS resumed: %d of %d hparams already mapped",
-                     len(self._targets) - len(todo), len(self._targets))
-        max_subnet = {n: hp.max for n, hp in space.named_hparams(True)}
-        bar = progress(
-            total=sum(len(hp.choices) - 1 for _, hp in todo),
-            desc="FastNAS sensitivity",
-            enabled=self.config["verbose"],
-            unit="choice",
-        )
-        with bar:
-            if distributed.is_distributed() and self.config["shard_evaluations"]:
-                self._map_across_ranks(todo, max_subnet, bar)
-                todo = []
-            for name, hp in todo:
-                t0 = time.perf_counter()
-                space.select(max_subnet, strict=False)
-                raw: list[list[Any]] = []
-                at_zero = False
-                for choice in hp.choices[:-1]:
-                    if at_zero:
-                        raw.append([choice, None])
-                    else:
-                        space.select({name: choice}, strict=False)
-                        drop = distributed.broadcast_object(self.original_score - self._measure_score())
-                        raw.append([choice, drop])
-                        at_zero = drop <= tol
-                        bar.set_postfix_str(f"{name}={choice}/{hp.max} drop={drop:.4g}", refresh=False)
-                    bar.update(1)
-                raw.append([hp.max, None])
-                space.select({name: hp.max}, strict=False)
-                self.sensitivity_raw[name] = raw
-                self.sensitivity_time_s += time.perf_counter() - t0
-                self.save_search_checkpoint()
-        _log.log(self._log_level, "FastNAS sensitivity map: %d score evaluations in %.1f s (this run: %d)",
-                 self.num_score_evals, self.sensitivity_time_s, self._evals_this_run)
-
-    def _map_across_ranks(self, todo: list[tuple[str, Hparam]], max_subnet: dict[str, int], bar: Any) -> None:
-        """The map measured by all ranks at once (see :mod:`._sharded_sensitivity`): the same raw
-        entries, evaluation count and checkpoints as one process."""
-        space = self._space()
-        original = self.original_score
-        assert original is not None
-        evals, evals_this_run, seconds, start = (
-            self.num_score_evals, self._evals_this_run, self.sensitivity_time_s, time.perf_counter())
-        kept = 0
-
-        def measure(name: str, choice: int) -> float:
-            space.select({**max_subnet, name: choice}, strict=False)
-            return original - self._measure_score()
-
-        def finished(name: str, raw: list[list[Any]]) -> None:
-            nonlocal kept
-            kept += sum(1 for _, drop in raw if drop is not None)
-            self.sensitivity_raw[name] = raw
-            self.num_score_evals, self._evals_this_run = evals + kept, evals_this_run + kept
-            self.sensitivity_time_s = seconds + time.perf_counter() - start
-            self.save_search_checkpoint()
-
-        def wave(decided: int, name: str, choice: int, drop: float) -> None:
-            bar.set_postfix_str(f"{name}={choice} drop={drop:.4g}", refresh=False)
-            bar.update(decided)
-
-        stats = sharded_sensitivity_map(
-            [(n, hp.choices) for n, hp in todo], measure, zero_drop_tol=self.config["zero_drop_tol"],
-            on_finished=finished, on_wave=wave,
-        )
-        space.select(max_subnet, strict=False)
-        self.sensitivity_raw = {n: self.sensitivity_raw[n] for n in self._targets if n in self.sensitivity_raw}
-        _log.log(self._log_level, "FastNAS sensitivity map on %d ranks: %d waves, %d evaluations kept, %d discarded "
-                 "(drawn above a ~0 drop)", distributed.world_size(), stats.waves, stats.kept, stats.discarded)
-
-    def _binary_search(self) -> None:
-        counter = self._counter()
-        self._drops = {n: monotone_drops(self.sensitivity_raw[n]) for n in self._targets}
-        widest = {n: hp.max for n, hp in self._space().named_hparams(True)}
-        self._keys = pruning_keys(self._drops, lambda name, choice: counter.flops({**widest, name: choice}))
-        limits = self.constraints.limits
-        if "latency" in limits:  # see .latency: prefer faster widths, keep the bisection exact
-            self._keys, self._dropped_choices = drop_slower_choices(
-                self._keys, lambda name, choice: counter.latency({**widest, name: choice}))
-        thresholds = threshold_candidates(self._keys)
-        if "latency" in limits:
-            def fits(t: Any) -> bool:
-                subnet = {**widest, **subnet_for_threshold(self._keys, t)}
-                return all(self._count(n, subnet) <= limit for n, limit in limits.items())
-
-            thresholds = bisectable_thresholds(thresholds, fits)
-        lo, hi = -1, len(thresholds) - 1  # thresholds[hi] satisfies (checked up front); lo never does
-        index = hi
-        while self.iter_num < self.config["num_iters"]:
-            self._threshold = thresholds[index]
-            self.before_step()
-            candidate = self.run_step()
-            self.after_step(candidate)
-            self.iter_num += 1
-            self.thresholds_visited.append({
-                "threshold": self._threshold[0],
-                "key": list(self._threshold),
-                "predicted_score": self.eval_score(),
-                "flops": counter.flops(),
-                "params": counter.params(),
-                **({"latency": counter.latency()} if counter.latency_model is not None else {}),
-                "satisfied": candidate["satisfied"],
-                "subnet": dict(candidate["config"]),
-            })
-            if candidate["is_best"]:
-                self._best_key = self._threshold
-            if candidate["satisfied"]:
-                hi = index
-            else:
-                lo = index
-            if hi - lo <= 1:
-                self.stopped_early = True
-                break
-            index = (lo + hi) // 2
-        self._chosen_threshold = thresholds[hi][0]
-        _log.log(self._log_level, "FastNAS binary search: %d steps over %d thresholds, chose drop threshold %.4g",
-                 self.iter_num, len(thresholds), thresholds[hi][0])
-
     @contextlib.contextmanager
     def _restore_on_error(self) -> Iterator[None]:
         """On any error put back the BatchNorm statistics, the original subnet and the channel order:
@@ -601,6 +418,9 @@ class BinarySearcher(IterativeSearcher):
             "bn_recalibrated": self._bn_recalibrated,
             "calibration_batches": self._calibration_batches,
             "pruned_hparams": list(self._targets),
+            "boundary": [{k: v for k, v in e.items()} for e in self._boundary],
+            "boundary_evals": self._boundary_evals,
+            "selection_order": self._chosen_order,
         })
         latency = counter.latency_model
         if latency is not None:

@@ -123,6 +123,13 @@ def test_unsatisfiable_constraints_fail_before_searching(model: nn.Module) -> No
     assert mtn.get_subnet_config(model) == before
 
 
+def test_a_search_after_supernet_training_calibrates_on_the_kept_training_batches() -> None:
+    model = supernet()
+    train_steps(model, digits_batches(9, 32))
+    result = _search(model, {"flops": "60%"}, data_loader=None, num_iters=3)
+    assert result["calibration_batches"] == 8 and len(result["history"]) == 3
+
+
 def test_batchnorm_model_needs_calibration_data_or_an_explicit_opt_out(model: nn.Module) -> None:
     with pytest.raises(ConfigError, match="calibrate_bn"):
         _search(model, {"flops": "60%"}, data_loader=None)

@@ -41,13 +41,46 @@ def _train_forward_configs(model: nn.Module, n: int) -> list[dict[str, int]]:
 
 
 def test_each_training_forward_samples_a_new_subnet_and_eval_uses_the_selection() -> None:
-    model = supernet()
+    model = supernet(config={"calibration_batches": 0})
     configs = _train_forward_configs(model, 8)
     assert len({tuple(c.values()) for c in configs}) >= 6  # 236 subnets: random draws rarely repeat
     model.eval()
     with pytest.warns(mtn.StaleBatchNormWarning):
         model(DUMMY)
     assert mtn.get_subnet_config(model) == _max(model)  # the default selection is the max subnet
+
+
+def test_evaluating_after_supernet_training_reestimates_bn_from_the_kept_training_batches() -> None:
+    model = supernet()
+    data = digits_batches(10, 32)
+    train_steps(model, data)  # the first 8 inputs are kept (copies)
+    twin = copy.deepcopy(model)
+    x = digits_batches(1, 64, offset=900)[0][0]
+    model.eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no StaleBatchNormWarning: the statistics are re-estimated
+        got = model(x)
+        model(x)  # the same subnet: not re-estimated again
+    assert mtn.recalibrate_bn(twin, data[:8]) == 8  # what an explicit re-estimation on those batches gives
+    twin.eval()
+    torch.testing.assert_close(got, twin(x), rtol=1e-5, atol=1e-5)
+    mtn.sample(model, "min")  # another subnet: re-estimated for it at its first eval forward
+    mtn.sample(twin, "min")
+    mtn.recalibrate_bn(twin, data[:8])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        torch.testing.assert_close(model(x), twin(x), rtol=1e-5, atol=1e-5)
+
+
+def test_too_few_kept_batches_or_none_kept_warn_instead() -> None:
+    for config, steps in (({"calibration_batches": 0}, 10), ({}, 5)):
+        model = supernet(config=config)
+        train_steps(model, digits_batches(steps, 32))
+        model.eval()
+        with pytest.warns(mtn.StaleBatchNormWarning, match="recalibrate_bn"):
+            model(DUMMY)
+    with pytest.raises(ConfigError, match="calibration_batches"):
+        supernet(config={"calibration_batches": -1})
 
 
 def test_eval_forward_restores_the_users_selection() -> None:

@@ -33,13 +33,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import sys
 from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
-from torch.utils import flop_counter
-from torch.utils.flop_counter import FlopCounterMode
 
 from modeopt_core import ConstraintError
 
@@ -67,7 +66,13 @@ def _inside(name: str, block: str) -> bool:
 
 def register_attention_flops() -> None:
     """Teach ``FlopCounterMode`` the CPU attention kernel (torch registers only the CUDA ones) and the fused
-    kernel of ``nn.MultiheadAttention``'s inference fast path (no formula in torch: it counted zero)."""
+    kernel of ``nn.MultiheadAttention``'s inference fast path (no formula in torch: it counted zero).
+
+    Runs when the space is imported if ``torch.utils.flop_counter`` is loaded already, else at the first
+    FLOP count of a :class:`SubnetProfiler` (importing it costs 0.1-0.2 s, see the import-time bench).
+    """
+    from torch.utils import flop_counter
+
     op = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
     if op is not None and op not in flop_counter.flop_registry:
 
@@ -89,6 +94,14 @@ def register_attention_flops() -> None:
             return int(projections + 4 * batch * length * source * inner)
 
 
+def _flop_counter_mode() -> Any:
+    """A fresh ``FlopCounterMode`` (imported lazily) that counts attention."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    register_attention_flops()
+    return FlopCounterMode(display=False)
+
+
 @contextlib.contextmanager
 def _unfused_attention() -> Iterator[None]:
     """Torch's fused attention fast paths off (``nn.MultiheadAttention``, ``nn.TransformerEncoderLayer``)."""
@@ -104,7 +117,8 @@ def _unfused_attention() -> Iterator[None]:
         backend.set_fastpath_enabled(enabled)
 
 
-register_attention_flops()  # so that every FlopCounterMode after importing the space counts attention
+if "torch.utils.flop_counter" in sys.modules:  # so that every FlopCounterMode from now on counts attention
+    register_attention_flops()
 
 
 class SubnetProfiler:
@@ -216,7 +230,7 @@ class SubnetProfiler:
         modules of ``termed`` that name their FLOPs terms, those terms of every call."""
         inclusive: dict[str, int] = {}
         terms: dict[str, list[FlopsTerm]] = {}
-        counter = FlopCounterMode(display=False)
+        counter = _flop_counter_mode()
         handles = []
         named = list(model.named_modules())
         inside_leaf = {n for n, _ in named if any(n != leaf and _inside(n, leaf) for leaf in leaves)}
@@ -256,7 +270,7 @@ class SubnetProfiler:
                 # passed to a submodule, e.g. CaiT's class token): count with autograd on instead
                 inclusive.clear()
                 terms.clear()
-                counter = FlopCounterMode(display=False)
+                counter = _flop_counter_mode()
                 with torch.enable_grad(), _unfused_attention(), counter:
                     model(*args, **kwargs)
         finally:

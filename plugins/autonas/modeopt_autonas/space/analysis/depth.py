@@ -20,7 +20,7 @@ from collections import Counter
 from torch import fx, nn
 
 from ..structure import DepthSpec
-from .ops import ADD_FUNCTIONS, ADD_METHODS, ELEMENTWISE_FUNCTIONS, ELEMENTWISE_METHODS, elementwise_modules
+from .ops import ADD_FUNCTIONS, ADD_METHODS, ELEMENTWISE_METHODS, elementwise_modules, is_elementwise_function
 from .ops import module_class_in as _module_class_in
 from .tracer import ModuleCall, TracedGraph
 from .value_tracer import SHAPE_KEY
@@ -36,7 +36,7 @@ def _is_add(node: fx.Node) -> bool:
 
 def _is_elementwise(node: fx.Node, traced: TracedGraph) -> bool:
     if node.op == "call_function":
-        return node.target in ELEMENTWISE_FUNCTIONS
+        return is_elementwise_function(node.target)
     if node.op == "call_method":
         return node.target in ELEMENTWISE_METHODS
     if node.op == "call_module":

@@ -15,12 +15,12 @@ from . import layout, shaped
 from .ops import (
     BINARY_FUNCTIONS,
     BINARY_METHODS,
-    ELEMENTWISE_FUNCTIONS,
     ELEMENTWISE_METHODS,
     FUNCTIONAL_LAYERS,
     META_ATTRS,
     SHAPE_METHODS,
     SPATIAL_FUNCTIONS,
+    is_elementwise_function,
     is_static_function,
 )
 from .params import bind_param, param_view
@@ -327,7 +327,7 @@ def call_function(p: _GraphPass, node: fx.Node) -> Value:
     if t in _MATMUL:
         out = shaped.matmul(p, node, p.desc(node))
         return out if out is not None else p.boundary(node)
-    if t in ELEMENTWISE_FUNCTIONS:
+    if is_elementwise_function(t):
         return _elementwise(p, node)
     x = p.val(node.args[0]) if node.args else Static()
     if t in SPATIAL_FUNCTIONS:

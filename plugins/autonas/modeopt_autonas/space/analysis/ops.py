@@ -59,13 +59,6 @@ ELEMENTWISE_FUNCTIONS: set[Callable[..., Any]] = (
     )
     | {operator.neg, operator.pos}
 )
-try:  # torchvision wraps stochastic_depth for fx, so it shows up as a call_function
-    from torchvision.ops import stochastic_depth as _stochastic_depth
-
-    ELEMENTWISE_FUNCTIONS.add(_stochastic_depth)
-except ImportError:  # pragma: no cover - torchvision is optional
-    pass
-
 ELEMENTWISE_METHODS = frozenset(
     "relu relu_ sigmoid sigmoid_ tanh tanh_ clone contiguous detach detach_ to float half double bfloat16 "
     "type type_as cpu cuda abs abs_ exp neg sqrt rsqrt square clamp clamp_ clip clip_ softmax log_softmax "
@@ -140,13 +133,6 @@ ELEMENTWISE_MODULES: tuple[type[nn.Module], ...] = (
     nn.FeatureAlphaDropout,
     nn.Identity,
 )
-try:
-    from torchvision.ops import StochasticDepth as _StochasticDepth
-
-    ELEMENTWISE_MODULES = (*ELEMENTWISE_MODULES, _StochasticDepth)
-except ImportError:  # pragma: no cover - torchvision is optional
-    pass
-
 SPATIAL_MODULES: tuple[type[nn.Module], ...] = (
     nn.MaxPool1d,
     nn.MaxPool2d,
@@ -210,6 +196,18 @@ def module_class_in(module: nn.Module, classes: tuple[type[nn.Module], ...]) -> 
 #: element-wise modules of optional libraries, by (module, class name): looked up only once the library
 #: is loaded (a model built from it imported it), so importing the analysis imports neither
 _OPTIONAL_ELEMENTWISE = (("timm.layers.drop", "DropPath"), ("torchvision.ops.stochastic_depth", "StochasticDepth"))
+
+
+#: element-wise functions of optional libraries (torchvision wraps stochastic_depth for fx, so it shows up
+#: as a call_function), looked up the same way
+_OPTIONAL_ELEMENTWISE_FUNCTIONS = (("torchvision.ops.stochastic_depth", "stochastic_depth"),)
+
+
+def is_elementwise_function(target: Any) -> bool:
+    """``target`` (an fx call_function target) acts element-wise: torch's or a loaded optional library's."""
+    if target in ELEMENTWISE_FUNCTIONS:
+        return True
+    return any(target is getattr(sys.modules.get(m), name, None) for m, name in _OPTIONAL_ELEMENTWISE_FUNCTIONS)
 
 
 def elementwise_modules() -> tuple[type[nn.Module], ...]:

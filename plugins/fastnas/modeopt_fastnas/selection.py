@@ -1,0 +1,96 @@
+"""Turning a sensitivity map into a subnet at the budget: two pruning orders, each bisected exactly.
+
+Both orders give every (hparam, choice) a *key*; a threshold key selects, per hparam, its smallest
+choice whose key is <= the threshold (:func:`~.sensitivity.subnet_for_threshold`). Keys grow as a
+choice shrinks, so a larger threshold never widens a layer and FLOPs/params only fall: bisecting
+over the sorted keys finds the smallest threshold meeting the budget exactly.
+
+* ``"drop"`` (ModelOpt's order, :func:`~.sensitivity.pruning_keys`): the key is the score drop of
+  the choice itself (ties by removed fraction, then FLOPs saved). The result is the subnet whose
+  worst single-layer drop is least; it ignores how much each choice saves.
+* ``"cost"`` (:func:`cost_keys`): drops are weighed against what a choice saves. With a budget price
+  ``mu``, each hparam takes the choice minimising ``drop + mu * cost``, where ``cost`` is the
+  model's FLOPs fraction with only that hparam narrowed, plus ``params_weight`` times its params
+  fraction (so that, at equal FLOPs, parameter-heavy layers are cut first). Only choices on the
+  lower convex hull of (cost, drop) are ever optimal; a choice becomes optimal at the slope of the
+  hull edge leading to it, which is its key. The summed drops of the result are (to first order)
+  the least for its cost.
+
+Which order prunes better depends on the model and the score; :class:`~modeopt_fastnas.BinarySearcher`
+builds the boundary subnet of each and, with ``boundary_evals`` > 0, measures their real scores
+(layers interact, so the map only predicts them) and keeps the best.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+
+from .sensitivity import PruningKey
+
+__all__ = ["SELECTION_ORDERS", "bisect_threshold", "cost_keys"]
+
+SELECTION_ORDERS = ("drop", "cost")
+"""The pruning orders a search can build candidates from (``selection`` search-config key)."""
+
+_TIE = 1e-9  # relative weight of the removed fraction: orders choices whose drops are equal
+
+
+def cost_keys(
+    drops: Mapping[str, Mapping[int, float]],
+    cost: Callable[[str, int], float],
+) -> dict[str, dict[int, PruningKey]]:
+    """Keys of the ``"cost"`` order: ``(slope of the hull edge leading to the choice, removed fraction,
+    cost)``; choices off the lower convex hull get ``inf`` (never selected).
+
+    ``cost(name, choice)`` is the (normalised) cost of the model with only that hparam narrowed.
+    """
+    scale = max((abs(d) for by in drops.values() for d in by.values()), default=0.0) or 1.0
+    keys: dict[str, dict[int, PruningKey]] = {}
+    for name, by_choice in drops.items():
+        widest = max(by_choice)
+        # descending choices: (choice, cost, drop + a tiny penalty per removed channel, so equal drops
+        # are pruned gradually, the cheapest removal first)
+        points = [(c, cost(name, c), by_choice[c] + _TIE * scale * (1.0 - c / widest))
+                  for c in sorted(by_choice, reverse=True)]
+        hull = [points[0]]
+        slopes = [0.0]
+        for c, k, d in points[1:]:
+            while True:
+                _, pk, pd = hull[-1]
+                saved = pk - k
+                slope = math.inf if saved <= 0 else (d - pd) / saved
+                if len(hull) > 1 and slope <= slopes[-1]:
+                    hull.pop()
+                    slopes.pop()
+                    continue
+                break
+            if slope < math.inf:
+                hull.append((c, k, d))
+                slopes.append(max(slope, 0.0))
+        on_hull = {c: s for (c, _, _), s in zip(hull, slopes)}
+        keys[name] = {
+            c: (0.0, 0.0, 0.0) if c == widest else
+            (on_hull.get(c, math.inf), 1.0 - c / widest, float(cost(name, c)))
+            for c in by_choice
+        }
+    return keys
+
+
+def bisect_threshold(
+    thresholds: list[PruningKey], satisfied: Callable[[PruningKey], bool], max_steps: int
+) -> tuple[int, int]:
+    """The index of the smallest threshold for which ``satisfied`` holds (the last one is assumed to
+    hold) and the number of steps taken; at most ``max_steps`` evaluations of ``satisfied``."""
+    lo, hi = -1, len(thresholds) - 1
+    index, steps = hi, 0
+    while steps < max_steps:
+        steps += 1
+        if satisfied(thresholds[index]):
+            hi = index
+        else:
+            lo = index
+        if hi - lo <= 1:
+            break
+        index = (lo + hi) // 2
+    return hi, steps
