@@ -182,3 +182,12 @@ def test_vs_modelopt_runs_without_modelopt(tmp_path: Path) -> None:
     assert _column(imports, "statement") == ["import modeopt_core, modeopt_fastnas"]
     assert float(_column(load, "ratio")[0]) > 0
     assert "downstream evaluations" in out
+
+
+@pytest.mark.slow
+def test_transformers_prune() -> None:
+    out, (llama, gpt2) = _run("transformers_prune.py")
+    assert "llama pruned: hidden" in out
+    assert _column(llama, "budget") == ["params 50%"] and float(_column(llama, "params kept")[0].rstrip("%")) <= 50.0
+    assert int(_column(llama, "score evals")[0]) > 0 and float(_column(llama, "exported latency ratio")[0]) > 0
+    assert float(_column(gpt2, "convert s (median)")[0]) > 0 and float(_column(gpt2, "forward ratio")[0]) > 0

@@ -123,3 +123,21 @@ def test_distill_guide_chain_with_fastnas(capsys: pytest.CaptureFixture[str]) ->
     page = _as_module("docs_distill_chain", _block("distill.md", "stands in for mo.search"))
     assert mo.applied_modes(page.model) == ["fastnas", "kd_loss", "export_student", "export_nas"]
     assert "export_nas" in capsys.readouterr().out
+
+
+def test_hugging_face_guide_prunes_exports_and_round_trips(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("transformers")
+    monkeypatch.chdir(tmp_path)
+    page = _as_module("docs_hf_guide", _block("architectures.md", "LanguageModelScore(random_tokens"))
+    out = capsys.readouterr().out
+    params, hidden = re.search(r"params (\d+\.\d)%, \d+ score evaluations\n(\d+) \d+ \d+\n", out).groups()  # type: ignore[union-attr]
+    assert float(params) <= 50.0 and int(hidden) == page.reloaded.config.hidden_size
+    ids = page.dummy
+    import torch
+
+    with torch.no_grad():
+        assert torch.allclose(page.reloaded(ids).logits, page.pruned(ids).logits, atol=1e-5)
+    restored = mo.restore(page.transformers.LlamaForCausalLM(page.config), tmp_path / "llama-pruned.safetensors")
+    with torch.no_grad():
+        assert torch.equal(restored(ids).logits, page.pruned(ids).logits)

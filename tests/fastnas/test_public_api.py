@@ -8,7 +8,8 @@ from tests._public import assert_face
 FASTNAS = {
     "AccuracyScore", "BatchScore", "BN_CALIBRATION_MODES", "DEFAULT_RATIOS", "BinarySearcher", "LossScore", "FastNASChannelRule", "FastNASConfig",
     "FastNASFeatureRule", "FastNASMode", "FastNASModeDescriptor", "FastNASPatchManager", "OutputAgreement",
-    "convert_fastnas_searchspace", "prune", "random_inputs", "restore_fastnas_searchspace",
+    "LanguageModelScore", "convert_fastnas_searchspace", "prune", "random_inputs", "random_tokens",
+    "restore_fastnas_searchspace",
 }
 
 

@@ -12,7 +12,15 @@ from .api import prune
 from .compat import FastNASModeDescriptor, FastNASPatchManager, convert_fastnas_searchspace, restore_fastnas_searchspace
 from .config import DEFAULT_RATIOS, FastNASChannelRule, FastNASConfig, FastNASFeatureRule
 from .mode import FastNASMode
-from .scores import AccuracyScore, BatchScore, LossScore, OutputAgreement, random_inputs
+from .scores import (
+    AccuracyScore,
+    BatchScore,
+    LanguageModelScore,
+    LossScore,
+    OutputAgreement,
+    random_inputs,
+    random_tokens,
+)
 from .searcher import BN_CALIBRATION_MODES, BinarySearcher
 
 __all__ = [
@@ -27,10 +35,12 @@ __all__ = [
     "FastNASMode",
     "FastNASModeDescriptor",
     "FastNASPatchManager",
+    "LanguageModelScore",
     "LossScore",
     "OutputAgreement",
     "convert_fastnas_searchspace",
     "prune",
     "random_inputs",
+    "random_tokens",
     "restore_fastnas_searchspace",
 ]

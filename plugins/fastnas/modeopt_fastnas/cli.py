@@ -16,6 +16,8 @@ from torch import nn
 
 from modeopt_core import ConfigError, export, save
 
+from .scores import random_inputs, random_tokens
+
 __all__ = ["DEMO_HELP", "PRUNE_HELP", "configure_demo", "configure_prune", "run_demo", "run_prune"]
 
 _log = logging.getLogger(__name__)
@@ -67,10 +69,22 @@ def _load_object(spec: str, what: str) -> Any:
 
 def configure_prune(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``modeopt prune``."""
-    parser.add_argument("--model", required=True, metavar="MODULE:FACTORY",
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--model", metavar="MODULE:FACTORY",
                         help="a function building the model, called without arguments (e.g. torchvision.models:resnet18)")
-    parser.add_argument("--input-shape", required=True, type=_shape, metavar="N,C,H,W",
-                        help="shape of the dummy input the FLOPs are counted on (e.g. 1,3,224,224)")
+    source.add_argument("--hf", type=Path, metavar="DIR",
+                        help="a local Hugging Face model directory (save_pretrained output with safetensors weights), "
+                             "loaded with from_pretrained from that directory only, never from the network")
+    parser.add_argument("--input-shape", type=_shape, metavar="N,C,H,W",
+                        help="shape of the dummy input the FLOPs are counted on (e.g. 1,3,224,224); with --hf: "
+                             "BATCH,LENGTH of token ids (default 1,64) or the pixel shape of a vision model "
+                             "(default from its config)")
+    parser.add_argument("--uniform", action=argparse.BooleanOptionalAction, default=None,
+                        help="one width per block part across all blocks (same heads and MLP width in every layer): "
+                             "what a Hugging Face config can describe (default: on with --hf, off otherwise)")
+    parser.add_argument("--hf-out", type=Path, metavar="DIR",
+                        help="with --hf and a uniform subnet: where to write the pruned Hugging Face directory "
+                             "(default: next to --out, named after it with -hf)")
     parser.add_argument("--flops", type=_limit, help="FLOPs budget: a percentage of the original (60%%) or a count")
     parser.add_argument("--params", type=_limit, help="parameter budget: a percentage (50%%) or a count")
     parser.add_argument("--latency", type=_limit,
@@ -94,7 +108,7 @@ def configure_prune(parser: argparse.ArgumentParser) -> None:
 def run_prune(args: argparse.Namespace) -> int:
     """Build the model, prune it, export it, save it, print what changed."""
     from .api import prune
-    from .scores import OutputAgreement, random_inputs
+    from .scores import OutputAgreement
 
     if args.flops is None and args.params is None and args.latency is None:
         raise ConfigError("give a budget: --flops (e.g. 60%), --params and/or --latency (e.g. 60% or 12.5 ms)")
@@ -102,19 +116,32 @@ def run_prune(args: argparse.Namespace) -> int:
         raise ConfigError(f"--threads must be >= 1, got {args.threads}")
     if args.score_batch_size < 1:
         raise ConfigError(f"--score-batch-size must be >= 1, got {args.score_batch_size}")
-    factory = _load_object(args.model, "--model")
-    model = factory()
-    if not isinstance(model, nn.Module):
-        raise ConfigError(f"--model {args.model!r} returned a {type(model).__name__}, not a torch.nn.Module")
-    torch.manual_seed(args.seed)
-    dummy = torch.randn(*args.input_shape)
-    if args.score:
-        score: Callable[[nn.Module], float] = _load_object(args.score, "--score")
+    hf_dir: Path | None = getattr(args, "hf", None)
+    score_fn = _load_object(args.score, "--score") if args.score else None  # fail on a bad spec before loading
+    if hf_dir is not None:
+        from .hf_dir import dummy_input_for, load_hf_dir
+
+        model = load_hf_dir(hf_dir)
+        dummy, dummy_text = dummy_input_for(model, args.input_shape, args.seed)
+        name = f"{type(model).__name__} from {hf_dir}"
+    else:
+        if args.input_shape is None:
+            raise ConfigError("--model needs --input-shape (the dummy input's shape, e.g. 1,3,224,224)")
+        factory = _load_object(args.model, "--model")
+        model = factory()
+        if not isinstance(model, nn.Module):
+            raise ConfigError(f"--model {args.model!r} returned a {type(model).__name__}, not a torch.nn.Module")
+        torch.manual_seed(args.seed)
+        dummy = torch.randn(*args.input_shape)
+        name = args.model
+    if score_fn is not None:
+        score: Callable[[nn.Module], float] = score_fn
         score_name = args.score
     else:
-        shape = (args.score_batch_size, *args.input_shape[1:])
-        score = OutputAgreement(model, random_inputs(shape, num_batches=1, seed=args.seed))
+        score = OutputAgreement(model, [_score_batch(model, dummy, args.score_batch_size, args.seed)])
         score_name = "output agreement"
+    uniform = args.uniform if args.uniform is not None else hf_dir is not None
+    mode_config = {"uniform": True} if uniform else None
     limits = (("flops", args.flops), ("params", args.params), ("latency", args.latency))
     constraints = {k: v for k, v in limits if v is not None}
     config: dict[str, Any] = {"score_func": score, "verbose": not getattr(args, "quiet", False)}
@@ -125,7 +152,8 @@ def run_prune(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     try:
         start = time.perf_counter()
-        model, results = prune(model, constraints, dummy, config)
+        with _no_kv_cache(model):  # the search's forwards need no cache of keys and values
+            model, results = prune(model, constraints, dummy, config, mode_config=mode_config)
         elapsed = time.perf_counter() - start
     finally:
         torch.set_num_threads(threads)
@@ -134,7 +162,7 @@ def run_prune(args: argparse.Namespace) -> int:
     save(model, args.out)
     f, p = results["flops"], results["params"]
     out = sys.stdout
-    out.write(f"pruned {args.model} to {constraints} in {elapsed:.1f} s "
+    out.write(f"pruned {name} to {constraints} in {elapsed:.1f} s "
               f"({results['num_score_evals']} score evaluations, {score_name})\n")
     out.write(f"  FLOPs   {f['before']:>14,} -> {f['after']:>14,}  ({100 * results['flops_ratio']:.1f}%)\n")
     out.write(f"  params  {p['before']:>14,} -> {p['after']:>14,}  ({100 * results['params_ratio']:.1f}%)\n")
@@ -142,11 +170,59 @@ def run_prune(args: argparse.Namespace) -> int:
         out.write(_latency_line(results["latency"]))
     out.write(f"  score   {results['original_score']:>14.4g} -> predicted >= {results['predicted_score']:.4g} "
               "(worst single-layer drop; layers interact, so measure the real score)\n")
-    out.write(f"saved {args.out} ({args.out.stat().st_size:,} bytes); load it with "
-              f"modeopt_core.checkpoint.restore(<fresh {args.model.split(':')[-1]}()>, {str(args.out)!r})\n")
+    if hf_dir is None:
+        out.write(f"saved {args.out} ({args.out.stat().st_size:,} bytes); load it with "
+                  f"modeopt_core.restore(<fresh {args.model.split(':')[-1]}()>, {str(args.out)!r})\n")
+    else:
+        out.write(f"saved {args.out} ({args.out.stat().st_size:,} bytes); load it with modeopt_core.restore("
+                  f"{type(model).__name__}.from_pretrained({str(hf_dir)!r}), {str(args.out)!r})\n")
+        _write_hf(model, hf_dir, args, dummy_text, out)
     if not results["bn_recalibrated"]:
         out.write("note: BatchNorm statistics were not re-estimated (no data); fine-tune or recalibrate before use\n")
     return 0
+
+
+def _score_batch(model: nn.Module, dummy: torch.Tensor, batch_size: int, seed: int) -> torch.Tensor:
+    """A fixed batch like ``dummy`` with ``batch_size`` samples: standard-normal values, or uniformly random
+    token ids of the model's vocabulary for a token-id dummy input."""
+    shape = (batch_size, *dummy.shape[1:])
+    if dummy.dtype in (torch.int32, torch.int64):
+        config: Any = getattr(model, "config", None)
+        return random_tokens(int(config.vocab_size), shape, num_batches=1, seed=seed + 1)[0]
+    return random_inputs(shape, num_batches=1, seed=seed)[0]
+
+
+class _no_kv_cache:
+    """Turn off a Hugging Face config's ``use_cache`` for a block (restored afterwards)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.config = getattr(model, "config", None)
+        self.saved = getattr(self.config, "use_cache", None)
+
+    def __enter__(self) -> None:
+        if isinstance(self.saved, bool):
+            self.config.use_cache = False  # type: ignore[union-attr]
+
+    def __exit__(self, *exc: object) -> None:
+        if isinstance(self.saved, bool):
+            self.config.use_cache = self.saved  # type: ignore[union-attr]
+
+
+def _write_hf(model: nn.Module, hf_dir: Path, args: argparse.Namespace, dummy_text: str, out: Any) -> None:
+    """Write the pruned Hugging Face directory when its config can describe the model (a uniform subnet)."""
+    from modeopt_autonas.space import describe_exported
+
+    from .hf_dir import write_hf_dir
+
+    if not describe_exported(model):
+        out.write("note: the subnet differs between layers, which a Hugging Face config cannot describe: no "
+                  "Hugging Face directory was written (prune with --uniform for one); the checkpoint above has it\n")
+        return
+    target = args.hf_out or args.out.with_name(args.out.stem + "-hf")
+    copied = write_hf_dir(model, hf_dir, target)
+    extra = f" and {len(copied)} tokenizer file(s)" if copied else ""
+    out.write(f"wrote {target} (save_pretrained{extra}; dummy input {dummy_text}); load it with "
+              f"{type(model).__name__}.from_pretrained({str(target)!r})\n")
 
 
 def _latency_line(lat: dict[str, Any]) -> str:

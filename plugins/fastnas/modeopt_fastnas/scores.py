@@ -24,13 +24,31 @@ from torch import nn
 from modeopt_core import ConfigError
 from modeopt_core.sdk import run_with_dummy_input
 
-__all__ = ["AccuracyScore", "BatchScore", "LossScore", "OutputAgreement", "model_outputs", "random_inputs"]
+__all__ = [
+    "AccuracyScore",
+    "BatchScore",
+    "LanguageModelScore",
+    "LossScore",
+    "OutputAgreement",
+    "model_outputs",
+    "random_inputs",
+    "random_tokens",
+]
 
 
 def random_inputs(shape: Sequence[int], num_batches: int = 2, seed: int = 0) -> list[torch.Tensor]:
     """``num_batches`` fixed standard-normal batches of ``shape`` (reproducible: own generator)."""
     gen = torch.Generator().manual_seed(seed)
     return [torch.randn(*shape, generator=gen) for _ in range(num_batches)]
+
+
+def random_tokens(vocab_size: int, shape: Sequence[int] = (4, 64), num_batches: int = 2, seed: int = 0
+                  ) -> list[torch.Tensor]:
+    """``num_batches`` fixed batches of uniformly random token ids in ``[0, vocab_size)`` (own generator)."""
+    if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < 1:
+        raise ConfigError(f"vocab_size must be an int >= 1, got {vocab_size!r}")
+    gen = torch.Generator().manual_seed(seed)
+    return [torch.randint(vocab_size, tuple(shape), generator=gen) for _ in range(num_batches)]
 
 
 def model_outputs(model: nn.Module, inputs: Iterable[Any]) -> list[Any]:
@@ -200,8 +218,79 @@ class OutputAgreement(BatchScore):
 
     @staticmethod
     def _tensor(output: Any) -> torch.Tensor:
-        return torch.as_tensor(output).float()
+        return default_output(output).float()
 
     def score_outputs(self, outputs: Sequence[Any]) -> float:
         error = sum(float((self._tensor(y) - r).pow(2).sum()) for y, r in zip(outputs, self.reference))
         return 1.0 - error / self._energy
+
+
+class LanguageModelScore(BatchScore):
+    """Minus the mean next-token cross entropy of a causal language model on fixed token batches.
+
+    Each batch is a ``LongTensor`` of token ids (``batch x length``) or a mapping with ``input_ids`` and
+    optionally ``attention_mask`` and ``labels`` (a tokenizer's output). The model is called with the
+    ids (and the mask) as keyword arguments for a mapping, positionally for a tensor; position ``t``'s
+    logits predict token ``t + 1``. Padding (mask 0) and labels equal to ``ignore_index`` do not count;
+    the mean is over all counted tokens of all batches. Higher is better (0 is a perfect model).
+
+    Args:
+        batches: the token batches (drawn once; the first ``max_batches``).
+        output_func: maps a model output to the ``batch x length x vocab`` logits (default:
+            :func:`default_output`, which reads ``.logits`` of a Hugging Face output).
+    """
+
+    def __init__(
+        self,
+        batches: Iterable[Any],
+        *,
+        max_batches: int | None = None,
+        ignore_index: int = -100,
+        output_func: Callable[[Any], torch.Tensor] | None = None,
+    ) -> None:
+        if max_batches is not None and (isinstance(max_batches, bool) or max_batches < 1):
+            raise ConfigError(f"max_batches must be None or an int >= 1, got {max_batches!r}")
+        drawn = list(itertools.islice(batches, max_batches))
+        if not drawn:
+            raise ConfigError("LanguageModelScore got no token batches; pass e.g. random_tokens(vocab_size)")
+        self.inputs, self.labels = [], []
+        for i, batch in enumerate(drawn):
+            model_input, labels = self._split(batch, i, ignore_index)
+            self.inputs.append(model_input)
+            self.labels.append(labels)
+        self.ignore_index = ignore_index
+        self.output_func = output_func or default_output
+
+    @staticmethod
+    def _split(batch: Any, i: int, ignore_index: int) -> tuple[Any, torch.Tensor]:
+        if isinstance(batch, torch.Tensor):
+            ids, mask, labels = batch, None, None
+        elif isinstance(batch, Mapping) and "input_ids" in batch:
+            ids, mask, labels = batch["input_ids"], batch.get("attention_mask"), batch.get("labels")
+        else:
+            raise ConfigError(
+                f"token batch {i} is a {type(batch).__name__}: expected a LongTensor of token ids or a mapping "
+                "with 'input_ids' (and optionally 'attention_mask', 'labels')"
+            )
+        ids = torch.as_tensor(ids)
+        if ids.dim() != 2 or ids.dtype not in (torch.int32, torch.int64) or ids.shape[1] < 2:
+            raise ConfigError(f"token batch {i} has input_ids of shape {tuple(ids.shape)} and dtype {ids.dtype}: "
+                              "expected integer ids of shape (batch, length >= 2)")
+        labels = ids.clone() if labels is None else torch.as_tensor(labels).clone()
+        if mask is not None:
+            mask = torch.as_tensor(mask)
+            labels[mask == 0] = ignore_index
+            return ({"input_ids": ids, "attention_mask": mask},), labels
+        return (ids if isinstance(batch, torch.Tensor) else ({"input_ids": ids},)), labels
+
+    def score_outputs(self, outputs: Sequence[Any]) -> float:
+        total, count = 0.0, 0
+        for out, labels in zip(outputs, self.labels):
+            logits = self.output_func(out)
+            shifted = logits[:, :-1].reshape(-1, logits.shape[-1]).float()
+            targets = labels[:, 1:].reshape(-1).to(logits.device)
+            total += float(F.cross_entropy(shifted, targets, ignore_index=self.ignore_index, reduction="sum"))
+            count += int((targets != self.ignore_index).sum())
+        if count == 0:
+            raise ConfigError("LanguageModelScore: every label is padding or ignore_index; nothing to score")
+        return -total / count

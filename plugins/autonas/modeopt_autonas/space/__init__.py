@@ -11,7 +11,8 @@ import AutoNAS's supernet training or evolutionary search (``modeopt_autonas.mod
   :class:`SearchSpace` (build/restore, select, sample, sort, export), :class:`SubnetProfiler`;
 - modes: :class:`NASModeBase` (convert/restore/save of a NAS mode), :class:`ExportNASMode`
   (``export_nas``), the rule configs (:class:`NASRuleConfig`, :func:`nas_rules`, rule classes),
-  :func:`get_search_space`, :func:`has_search_space`;
+  :func:`get_search_space`, :func:`has_search_space`; :func:`describe_exported` and
+  :func:`is_huggingface` for exported Hugging Face models (config sizes, layer indices);
 - latency: :class:`LatencyModel` (a measured, cached latency table of the space on this device, for
   the ``latency`` constraint), :data:`LATENCY_OPTIONS`, :data:`LATENCY_REPORT_MODES`,
   :func:`default_latency_cache_dir`, :class:`LatencyCacheError`, :class:`LatencyCacheWarning`;
@@ -46,6 +47,7 @@ from .errors import (
     SubnetConfigError,
 )
 from .hparam import Hparam, make_divisible
+from .huggingface import describe_exported, is_huggingface
 from .latency import (
     LATENCY_OPTIONS,
     LATENCY_REPORT_MODES,
@@ -126,11 +128,13 @@ __all__ = [
     "channel_norm_spec",
     "conv_spec",
     "default_latency_cache_dir",
+    "describe_exported",
     "get_search_space",
     "get_subnet_config",
     "group_norm_spec",
     "has_search_space",
     "is_dynamic",
+    "is_huggingface",
     "layer_norm_spec",
     "linear_spec",
     "make_divisible",

@@ -11,6 +11,7 @@ imports ``transformers``: models are recognised by their ``config`` and module a
 
 from __future__ import annotations
 
+import copy
 import logging
 from typing import Any
 
@@ -81,7 +82,7 @@ def describe_exported(model: nn.Module) -> bool:
     loads back with ``from_pretrained``. A non-HF model is left alone (True)."""
     if not is_huggingface(model):
         return True
-    config: Any = model.config
+    config: Any = _own_config(model)
     layers = _layer_list(model)
     uniform = True
     embedding = model.get_input_embeddings()  # type: ignore[operator]
@@ -124,6 +125,22 @@ def describe_exported(model: nn.Module) -> bool:
         _log.info("the exported model is not uniform across layers: its config cannot describe it; save it with "
                   "modeopt_core.save (save_pretrained's output would not load with from_pretrained)")
     return uniform
+
+
+def _own_config(model: nn.Module) -> Any:
+    """A copy of the model's config that the model (and every submodule holding it) now uses, so that
+    the config object the user built the model from keeps the original sizes (a fresh model built from
+    it is what a checkpoint of the export restores into). Copied once per model (the flag lives on the
+    model, not in the config, which ``save_pretrained`` would write out)."""
+    config: Any = model.config
+    if model.__dict__.get("_modeopt_own_config", False):
+        return config
+    own = copy.deepcopy(config)
+    for module in model.modules():
+        if module.__dict__.get("config") is config:
+            module.__dict__["config"] = own
+    model.__dict__["_modeopt_own_config"] = True
+    return own
 
 
 def _head_dim(layers: nn.ModuleList, config: Any) -> int | None:
