@@ -67,7 +67,7 @@ def _frozen_summary(frozen: dict[str, str]) -> tuple[str, int]:
 
 
 def _kind(name: str) -> str:
-    if name.endswith(".depth") or name == "depth":
+    if name.endswith((".depth", ".keep")) or name in ("depth", "keep"):
         return "depth"
     if name.endswith(".kernel_size"):
         return "kernel"

@@ -44,10 +44,10 @@ HPARAMS = {
     "mobilenet_v3_small": 26,
     "mobilenet_v3_large": 30,
     "efficientnet_b0": 41,
-    "efficientnet_v2_s": 81,
+    "efficientnet_v2_s": 82,
     "regnet_x_400mf": 30,
     "regnet_y_400mf": 39,
-    "convnext_tiny": 27,  # residual streams too: LayerNorm2d and layer_scale follow them
+    "convnext_tiny": 41,  # residual streams too: LayerNorm2d and layer_scale follow them
     "densenet121": 120,
     "shufflenet_v2_x1_0": 18,
     "squeezenet1_1": 25,

@@ -133,8 +133,9 @@ class AccuracyScore(_LabelledScore):
     """Top-``k`` accuracy in percent over the first ``max_batches`` batches of ``data_loader``.
 
     Args:
-        collect_func / target_func: map a batch to the model input / the class indices (default: the
-            first and second item of an ``(input, target)`` batch).
+        collect_func: maps a batch to the model input (default: the first item of an ``(input, target)``
+            batch).
+        target_func: maps a batch to the class indices (default: the second item).
         output_func: maps a model output to the logits (default: :func:`default_output`).
     """
 

@@ -14,7 +14,15 @@ from torch import nn
 
 from modeopt_core import ConfigError
 
-from .dynamic import DimBinding, DynamicBlock, DynamicModule, DynamicSequential, DynamicTensors, kernel_size_choices
+from .dynamic import (
+    DimBinding,
+    DynamicBlock,
+    DynamicModule,
+    DynamicSequential,
+    DynamicTensors,
+    DynamicTensorsBlock,
+    kernel_size_choices,
+)
 from .dynamic.thirdparty import register_loaded
 from .errors import SearchSpaceError, StructureMismatchError
 from .hparam import Hparam, make_divisible
@@ -428,21 +436,27 @@ def _convert(
         needed = kernel is not None or any(
             built.group_hparams[s.group].is_configurable for b in own for s in b.segments
         )
+        block = built.blocks.get(name)
+        container_depth = built.depth_hparams.get(_parent(name))
+        sequential_depth = container_depth is not None and isinstance(modules.get(_parent(name)), nn.Sequential)
+        droppable = block is not None and block[0].is_configurable and not (
+            sequential_depth and block[0] is container_depth)
         if needed:
             layered = any(not is_follower(b.role) for b in own) or kernel is not None
-            dyn = _dynamic_class(m) if layered else DynamicTensors
+            if droppable and layered:
+                raise SearchSpaceError(f"block {name!r} is also a searchable layer; it cannot be dropped as a block")
+            dyn = _dynamic_class(m) if layered else DynamicTensorsBlock if droppable else DynamicTensors
             assert dyn is not None  # groups touching modules without one are frozen
             dims = {b.role: DimBinding([(built.group_hparams[s.group], s.repeat) for s in b.segments]) for b in own}
             tensors = {b.role: b.tensors for b in own if b.tensors}
-            extra = {"kernel": kernel} if kernel is not None else {}
+            extra: dict[str, Any] = {"kernel": kernel} if kernel is not None else {}
+            if droppable and not layered:  # a block holding tensors of the stream (layer scale) and droppable
+                assert block is not None
+                extra.update(keep=block[0], index=block[1])
             built.dynamic[name] = cast(DynamicModule, dyn.convert(m, dims, tensors, **extra))
         depth = built.depth_hparams.get(name)
         if depth is not None and depth.is_configurable and isinstance(m, nn.Sequential):
             built.dynamic[name] = cast(DynamicModule, DynamicSequential.convert(m, {}, depth=depth))
-        block = built.blocks.get(name)
-        container_depth = built.depth_hparams.get(_parent(name))
-        sequential_depth = container_depth is not None and isinstance(modules.get(_parent(name)), nn.Sequential)
-        if block is not None and block[0].is_configurable and not (sequential_depth and block[0] is container_depth):
-            if name in built.dynamic:
-                raise SearchSpaceError(f"block {name!r} is also a searchable layer; it cannot be dropped as a block")
+        if droppable and name not in built.dynamic:
+            assert block is not None
             built.dynamic[name] = cast(DynamicModule, DynamicBlock.convert(m, {}, keep=block[0], index=block[1]))

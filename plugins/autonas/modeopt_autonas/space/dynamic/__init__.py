@@ -48,7 +48,7 @@ from .norm import (
     DynamicLayerNorm,
     DynamicSyncBatchNorm,
 )
-from .sequential import DynamicBlock, DynamicSequential
+from .sequential import DynamicBlock, DynamicSequential, DynamicTensorsBlock
 from .tensors import DynamicTensors
 
 __all__ = [
@@ -58,6 +58,7 @@ __all__ = [
     "DynamicModule",
     "DynamicSequential",
     "DynamicTensors",
+    "DynamicTensorsBlock",
     "FlopsTerm",
     "PrunedMultiheadAttention",
     "attr_view",

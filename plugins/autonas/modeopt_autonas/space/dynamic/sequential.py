@@ -82,3 +82,12 @@ class DynamicBlock(DynamicModule):
         if self.kept:
             return super().forward(*args, **kwargs)
         return args[0] if args else next(iter(kwargs.values()))
+
+
+class DynamicTensorsBlock(DynamicBlock):
+    """A droppable block that also holds tensors sliced with a channel group (a ConvNeXt block's
+    ``layer_scale``): :class:`DynamicBlock`'s dropping, with the tensor roles of
+    :class:`~modeopt_autonas.space.dynamic.tensors.DynamicTensors`."""
+
+    def dynamic_channel_weight(self, role: str) -> tuple[str, int] | None:
+        return None  # a scale says little about a channel's importance; producers decide
