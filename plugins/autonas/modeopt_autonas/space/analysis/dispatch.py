@@ -5,6 +5,7 @@ from __future__ import annotations
 import builtins
 import math
 import operator
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -132,6 +133,12 @@ def _binary(p: _GraphPass, node: fx.Node) -> Value:
         value = factor.value if isinstance(factor, Static) else None
         if isinstance(value, int) and not isinstance(value, bool) and value > 0:
             return SizeOf(size.of, size.dim, size.mul * value)  # e.g. num_kv_heads * n_rep
+    for value in (a, b):
+        # Other arithmetic on a channel width (``C // self.num_heads`` as a reshape size) gives a number the
+        # analysis does not relate to the subnet: the width keeps its size, or that reshape would break.
+        if isinstance(value, SizeOf) and isinstance(value.of, Chan) and value.dim is not None \
+                and is_dim(value.of, value.dim):
+            p.freeze(value.of, f"its width enters arithmetic ({desc}) that the analysis does not follow")
     if isinstance(a, Chan) and isinstance(b, Chan):
         aligned = neg_aligned(a, b) if a.flat == b.flat else False
         if not aligned:
@@ -288,11 +295,12 @@ def _layout_common(p: _GraphPass, node: fx.Node, name: str, x: Value) -> Value |
         return layout.squeeze(p.freeze, x, d if isinstance(d, int) else None, desc)
     if name in ("view", "reshape"):
         args = _varargs(p, node, 1, "shape")
-        if isinstance(x, Chan):
-            shaped_out = shaped.reshape(p, node, x, args, desc)
-            if shaped_out is not None:
-                return shaped_out
-        return layout.view(p.freeze, x, args, desc)
+        out: Value | None = shaped.reshape(p, node, x, args, desc) if isinstance(x, Chan) else None
+        if out is None:
+            out = layout.view(p.freeze, x, args, desc)
+        if not isinstance(out, Chan):
+            _freeze_size_sources(p, args, desc)
+        return out
     if name in _REDUCE_METHODS:
         return _reduce(p, node, x)
     if name in _SPLIT_METHODS or name == "unbind":
@@ -351,6 +359,15 @@ def call_function(p: _GraphPass, node: fx.Node) -> Value:
     if is_static_function(t) and not any(is_tensor_like(p.val(a)) for a in [*node.args, *node.kwargs.values()]):
         return Static()
     return p.boundary(node)
+
+
+def _freeze_size_sources(p: _GraphPass, args: Sequence[Value], desc: str) -> None:
+    """Channels whose width a reshape reads (``B, C, H, W = x.shape`` ... ``reshape(B, C, H, W)``) while its
+    own output does not follow them: the size would change with the subnet, the reshaped tensor would not
+    (timm's lambda layer), so those channels keep their width."""
+    for arg in args:
+        if isinstance(arg, SizeOf) and isinstance(arg.of, Chan) and arg.dim is not None and is_dim(arg.of, arg.dim):
+            p.freeze(arg.of, f"its width is the size of a reshape whose tensor does not follow it ({desc})")
 
 
 def _param_method(p: _GraphPass, node: fx.Node, name: str, x: Param) -> Value:
