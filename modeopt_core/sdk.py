@@ -16,6 +16,7 @@ core's other submodules are private. See ``docs/writing-a-plugin.md``.
   :func:`modeopt_core.recalibrate_batchnorm`).
 - Latency: :func:`time_interleaved` (round-robin medians over a :class:`~modeopt_core.LatencyTimer`),
   :func:`device_name` (the hardware a latency belongs to) and :func:`model_device`.
+- References: :func:`load_object` (the callable a ``"module:attr"`` string names, with typed errors).
 - Progress: :func:`progress` (a tqdm bar on a terminal, log lines elsewhere, nothing when disabled).
 - Searcher types: :data:`SearchConfig` and :data:`SEARCH_CHECKPOINT_KIND`; the pieces of a searcher's
   checkpointed-state schema (:attr:`~modeopt_core.BaseSearcher.state_schema`): :class:`CandidateRecord`,
@@ -26,6 +27,7 @@ core's other submodules are private. See ``docs/writing-a-plugin.md``.
 
 from __future__ import annotations
 
+from ._objects import load_object
 from ._search_state import CandidateRecord, FiniteFloat, NonNegativeInt, SubnetConfig, state_error
 from .base_searcher import SEARCH_CHECKPOINT_KIND, SearchConfig
 from .calibration import DEFAULT_MIN_CALIBRATION_BATCHES, ForwardLoop, default_collect_func
@@ -62,6 +64,7 @@ __all__ = [
     "check_path",
     "default_collect_func",
     "device_name",
+    "load_object",
     "model_device",
     "progress",
     "rollback_on_error",

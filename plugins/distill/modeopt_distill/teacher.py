@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import difflib
 import hashlib
-import importlib
 from collections.abc import Iterable
 from typing import Any
 
 from torch import nn
 
 from modeopt_core import ConfigError
+from modeopt_core.sdk import load_object
 
 from .config import KDLossConfig
 from .errors import LayerNotFoundError, TeacherMismatchError
@@ -18,23 +18,9 @@ from .errors import LayerNotFoundError, TeacherMismatchError
 __all__ = ["build_teacher", "check_layer_names", "check_same_teacher", "describe_teacher", "load_factory"]
 
 
-# TODO(sdk): the core has no public "import an object by 'module:attr' reference" helper; FastNAS's
-# CLI keeps a private one. Swap this for the core's once the plugin SDK exports one.
 def load_factory(reference: str) -> Any:
     """``"package.module:attr.path"`` -> the callable it names (imports the module: runs its code)."""
-    module_name, _, attr = reference.partition(":")
-    try:
-        obj: Any = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ConfigError(f"teacher factory {reference!r}: cannot import {module_name!r} ({exc})") from exc
-    for part in attr.split("."):
-        try:
-            obj = getattr(obj, part)
-        except AttributeError:
-            raise ConfigError(f"teacher factory {reference!r}: {module_name!r} has no attribute {attr!r}") from None
-    if not callable(obj):
-        raise ConfigError(f"teacher factory {reference!r} is not callable (a function returning the teacher is needed)")
-    return obj
+    return load_object(reference, "teacher factory", callable_hint=" (a function returning the teacher is needed)")
 
 
 def build_teacher(source: Any, what: str) -> nn.Module:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
 import sys
 import time
@@ -15,6 +14,7 @@ import torch
 from torch import nn
 
 from modeopt_core import ConfigError, export, save
+from modeopt_core.sdk import load_object
 
 from .scores import random_inputs, random_tokens
 
@@ -46,25 +46,6 @@ def _shape(text: str) -> tuple[int, ...]:
     if not shape or any(s < 1 for s in shape):
         raise argparse.ArgumentTypeError(f"expected a comma-separated shape like 1,3,224,224, got {text!r}")
     return shape
-
-
-def _load_object(spec: str, what: str) -> Any:
-    """``package.module:attr.path`` -> the object."""
-    module_name, sep, attr = spec.partition(":")
-    if not sep or not module_name or not attr:
-        raise ConfigError(f"{what} {spec!r} must look like MODULE:NAME (e.g. torchvision.models:resnet18)")
-    try:
-        obj: Any = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ConfigError(f"{what} {spec!r}: cannot import {module_name!r} ({exc})") from exc
-    for part in attr.split("."):
-        try:
-            obj = getattr(obj, part)
-        except AttributeError:
-            raise ConfigError(f"{what} {spec!r}: {module_name!r} has no attribute {attr!r}") from None
-    if not callable(obj):
-        raise ConfigError(f"{what} {spec!r} is not callable")
-    return obj
 
 
 def configure_prune(parser: argparse.ArgumentParser) -> None:
@@ -117,7 +98,7 @@ def run_prune(args: argparse.Namespace) -> int:
     if args.score_batch_size < 1:
         raise ConfigError(f"--score-batch-size must be >= 1, got {args.score_batch_size}")
     hf_dir: Path | None = getattr(args, "hf", None)
-    score_fn = _load_object(args.score, "--score") if args.score else None  # fail on a bad spec before loading
+    score_fn = load_object(args.score, "--score") if args.score else None  # fail on a bad spec before loading
     if hf_dir is not None:
         from .hf_dir import dummy_input_for, load_hf_dir
 
@@ -127,7 +108,7 @@ def run_prune(args: argparse.Namespace) -> int:
     else:
         if args.input_shape is None:
             raise ConfigError("--model needs --input-shape (the dummy input's shape, e.g. 1,3,224,224)")
-        factory = _load_object(args.model, "--model")
+        factory = load_object(args.model, "--model")
         model = factory()
         if not isinstance(model, nn.Module):
             raise ConfigError(f"--model {args.model!r} returned a {type(model).__name__}, not a torch.nn.Module")
