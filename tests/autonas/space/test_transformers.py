@@ -63,6 +63,8 @@ def _convert(name: str, **config: Any) -> tuple[nn.Module, Any]:
          "blocks.0.keep"),
         ("timm_deit", "blocks.11.attn.heads", "patch_embed.proj.out_channels", "blocks.11.mlp.fc1.out_features",
          "blocks.11.keep"),
+        pytest.param("timm_swin", "layers.2.blocks.3.attn.heads", "patch_embed.proj.out_channels",
+                     "layers.2.blocks.3.mlp.fc1.out_features", "layers.2.blocks.3.keep", marks=pytest.mark.slow),
     ],
 )
 def test_every_dimension_is_searchable(name: str, heads: str, hidden: str, mlp: str, blocks: str) -> None:

@@ -2,7 +2,8 @@
 
 The search space never imports an optional library itself: :func:`register_loaded` is called before each
 analysis and build and adds the records of libraries already in ``sys.modules`` (a model built from
-them has imported them). Today: Hugging Face's ``Conv1D`` (GPT-2's transposed linear layer).
+them has imported them). Today: Hugging Face's ``Conv1D`` (GPT-2's transposed linear layer),
+torchvision's and timm's Swin window attention.
 """
 
 from __future__ import annotations
@@ -14,7 +15,12 @@ from torch import nn
 
 from ..layers import LAYERS, LayerSpec, LayerType
 from .base import DynamicModule, attr_view, param_view
-from .window_attention import DynamicWindowAttentionMixin, window_attention_spec
+from .window_attention import (
+    DynamicTimmWindowAttentionMixin,
+    DynamicWindowAttentionMixin,
+    timm_window_attention_spec,
+    window_attention_spec,
+)
 
 __all__ = ["register_loaded"]
 
@@ -65,3 +71,9 @@ def register_loaded() -> None:
         LAYERS.register(LayerType(window, window_attention_spec, DynamicWindowAttentionMixin, rules="features",
                                   rule_alias="nn.Linear"))
         _DONE.add("torchvision.ShiftedWindowAttention")
+    timm_swin = sys.modules.get("timm.models.swin_transformer")
+    timm_window = getattr(timm_swin, "WindowAttention", None)
+    if isinstance(timm_window, type) and "timm.WindowAttention" not in _DONE:
+        LAYERS.register(LayerType(timm_window, timm_window_attention_spec, DynamicTimmWindowAttentionMixin,
+                                  rules="features", rule_alias="nn.Linear"))
+        _DONE.add("timm.WindowAttention")

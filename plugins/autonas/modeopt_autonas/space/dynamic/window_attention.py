@@ -12,6 +12,10 @@ the dynamic module calls it for those and :func:`window_attention` (the same com
 size kept) otherwise; such a subnet exports to a subclass, ``PrunedShiftedWindowAttention``, with a
 ``head_dim`` attribute and that forward. Nothing here imports torchvision: the layer type is registered
 once ``torchvision.models.swin_transformer`` is loaded (``thirdparty.register_loaded``).
+
+timm's Swin ``WindowAttention`` has the same flow on windows already partitioned by its block
+(``(windows x batch, tokens, C)``), and its own forward infers the head size (``reshape(..., heads, -1)``)
+and reads the heads from ``num_heads`` and the bias table, so it runs every subnet and exports to itself.
 """
 
 from __future__ import annotations
@@ -25,7 +29,13 @@ from torch import nn
 from ..layers import InternalDim, LayerSpec
 from .base import DynamicModule, FlopsTerm, attr_view, param_view
 
-__all__ = ["DynamicWindowAttentionMixin", "window_attention", "window_attention_spec"]
+__all__ = [
+    "DynamicTimmWindowAttentionMixin",
+    "DynamicWindowAttentionMixin",
+    "timm_window_attention_spec",
+    "window_attention",
+    "window_attention_spec",
+]
 
 
 def _head_dim(m: Any) -> int:
@@ -187,3 +197,50 @@ def pruned_window_attention(original: type[nn.Module]) -> type[nn.Module]:
         namespace = {"__module__": __name__, "__doc__": _PrunedWindowAttentionMixin.__doc__}
         _PRUNED[original] = type(f"Pruned{original.__name__}", (_PrunedWindowAttentionMixin, original), namespace)
     return _PRUNED[original]
+
+
+def timm_window_attention_spec(module: nn.Module) -> LayerSpec:
+    """The flow of timm's Swin ``WindowAttention`` (see the module doc): as torchvision's, on windows."""
+    return window_attention_spec(module)
+
+
+class DynamicTimmWindowAttentionMixin(DynamicModule):
+    """Dynamic timm Swin ``WindowAttention`` (a mixin: timm's class is the other base; its forward runs)."""
+
+    dynamic_roles = {"heads": "num_heads"}
+    dynamic_flops_tensor = None  # see dynamic_flops_terms
+
+    relative_position_bias_table = param_view("relative_position_bias_table")
+    num_heads = attr_view("num_heads")
+
+    @staticmethod
+    def dynamic_full_width(module: Any, role: str) -> int:
+        return int(module.num_heads)
+
+    @staticmethod
+    def dynamic_layout(module: Any) -> dict[str, tuple[tuple[str, int], ...]]:
+        return {"heads": (("relative_position_bias_table", 1),)}
+
+    def dynamic_channel_weight(self, role: str) -> tuple[str, int] | None:
+        return None  # the q/k/v rows of the projection score the heads
+
+    def dynamic_attrs(self, widths: dict[str, int]) -> dict[str, Any]:
+        return {"num_heads": widths.get("heads", self.dynamic_original("num_heads"))}
+
+    def dynamic_flops_terms(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[FlopsTerm] | None:
+        x = args[0] if args else kwargs.get("x")
+        if not isinstance(x, torch.Tensor) or x.dim() != 3:
+            return None
+        m: Any = self
+        windows, tokens = int(x.shape[0]), int(x.shape[1])
+        head_dim = _head_dim(m)
+        inner = self.dynamic_original("num_heads") * head_dim
+        binding = self.__dict__["_dyn_dims"].get("heads")
+        heads: list[Any] = [self.dynamic_original("num_heads") if binding is None else binding, head_dim]
+        qkv, proj = m.qkv._parameters["weight"], m.proj._parameters["weight"]
+        rows = windows * tokens
+        return [
+            (2 * rows * qkv.numel(), [2 * rows, *_weight_factors(m.qkv)]),
+            (4 * rows * tokens * inner, [4 * rows * tokens, *heads]),  # q @ k^T and weights @ v
+            (2 * rows * proj.numel(), [2 * rows, *_weight_factors(m.proj)]),
+        ]
