@@ -118,8 +118,8 @@ def _weight_factors(layer: nn.Module) -> list[Any]:
     return list(weight.shape)
 
 
-class DynamicWindowAttentionMixin(DynamicModule):
-    """Dynamic ``ShiftedWindowAttention`` (a mixin: torchvision's class is the other base)."""
+class _WindowAttentionHeads(DynamicModule):
+    """What both window attentions share: heads as the role, ``num_heads`` and the bias table follow."""
 
     dynamic_roles = {"heads": "num_heads"}
     dynamic_flops_tensor = None  # see dynamic_flops_terms
@@ -140,6 +140,10 @@ class DynamicWindowAttentionMixin(DynamicModule):
 
     def dynamic_attrs(self, widths: dict[str, int]) -> dict[str, Any]:
         return {"num_heads": widths.get("heads", self.dynamic_original("num_heads"))}
+
+
+class DynamicWindowAttentionMixin(_WindowAttentionHeads):
+    """Dynamic ``ShiftedWindowAttention`` (a mixin: torchvision's class is the other base)."""
 
     def _dyn_plain(self, heads: int) -> bool:
         """Whether ``heads`` heads fill the width (torchvision's function can run the subnet)."""
@@ -204,28 +208,8 @@ def timm_window_attention_spec(module: nn.Module) -> LayerSpec:
     return window_attention_spec(module)
 
 
-class DynamicTimmWindowAttentionMixin(DynamicModule):
+class DynamicTimmWindowAttentionMixin(_WindowAttentionHeads):
     """Dynamic timm Swin ``WindowAttention`` (a mixin: timm's class is the other base; its forward runs)."""
-
-    dynamic_roles = {"heads": "num_heads"}
-    dynamic_flops_tensor = None  # see dynamic_flops_terms
-
-    relative_position_bias_table = param_view("relative_position_bias_table")
-    num_heads = attr_view("num_heads")
-
-    @staticmethod
-    def dynamic_full_width(module: Any, role: str) -> int:
-        return int(module.num_heads)
-
-    @staticmethod
-    def dynamic_layout(module: Any) -> dict[str, tuple[tuple[str, int], ...]]:
-        return {"heads": (("relative_position_bias_table", 1),)}
-
-    def dynamic_channel_weight(self, role: str) -> tuple[str, int] | None:
-        return None  # the q/k/v rows of the projection score the heads
-
-    def dynamic_attrs(self, widths: dict[str, int]) -> dict[str, Any]:
-        return {"num_heads": widths.get("heads", self.dynamic_original("num_heads"))}
 
     def dynamic_flops_terms(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[FlopsTerm] | None:
         x = args[0] if args else kwargs.get("x")
