@@ -267,3 +267,30 @@ def test_no_searchable_dimension_always_names_reasons() -> None:
         mo.apply_mode(nn.Sequential(nn.Linear(8, 4)), ["fastnas"])
     text = str(info.value)
     assert "Frozen: ." not in text and "model output" in text and "First steps" in text
+
+
+def test_autonas_supernet_training_samples_heads_mlp_widths_and_blocks() -> None:
+    """Each training forward of an ``autonas`` Llama runs another subnet (heads, MLP widths, kept blocks),
+    gradients flow through the active slices, and eval runs the selected subnet."""
+    model, example = build("llama")
+    model = mo.apply_mode(model, [("autonas", DEPTH)], mode_kwargs={"dummy_input": example})
+    space = mtn.get_search_space(model)
+    seen: list[dict[str, int]] = []
+    handle = model.model.embed_tokens.register_forward_pre_hook(lambda *_: seen.append(space.config()))
+    opt = torch.optim.SGD(model.parameters(), lr=1e-2)
+    model.train()
+    ids = tokens(batch=2, length=8, seed=5)
+    for _ in range(12):
+        loss = model(input_ids=ids, labels=ids).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        assert torch.isfinite(loss)
+    handle.remove()
+    sampled = {kind: {c[n] for c in seen for n in c if n.endswith(kind)} for kind in ("kv_heads", "gate_proj.out_features",
+                                                                                     ".keep")}
+    assert all(len(values) > 1 for values in sampled.values()), sampled
+    model.eval()
+    mtn.sample(model, "max")
+    with torch.no_grad():
+        assert torch.isfinite(model(ids).logits).all()
