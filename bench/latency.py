@@ -106,9 +106,11 @@ def _run(name: str, template: nn.Module, dummy: torch.Tensor, score_shape: tuple
     rows = []
     for label, model in models.items():
         measured = timings[label].median_ms
+        predicted_ratio, measured_ratio = predicted[label] / predicted["original"], measured / base_ms
         rows.append([
             name, label, f"{100 * _flops(model, dummy) / base_flops:.1f}%", f"{predicted[label]:.2f}",
-            f"{measured:.2f}", f"{measured / base_ms:.3f}", f"{100 * (predicted[label] - measured) / measured:+.1f}%",
+            f"{measured:.2f}", f"{measured_ratio:.3f}", f"{100 * (predicted[label] - measured) / measured:+.1f}%",
+            f"{predicted_ratio:.3f}", f"{100 * (predicted_ratio - measured_ratio) / measured_ratio:+.1f}%",
             f"{100 * timings[label].spread:.0f}%",
         ])
     stats = table["stats"]
@@ -191,8 +193,11 @@ def main(argv: list[str] | None = None) -> int:
                          table_rows, align="l" + "r" * 7))
     print("\n## Pruned models (exported), timed round-robin with the original\n")
     print(markdown_table(["model", "variant", "FLOPs", "predicted ms", "measured ms", "measured / original",
-                          "prediction error", "spread"], rows, align="ll" + "r" * 6))
-    print("\nprediction error = (predicted - measured) / measured; spread = (max - min) / median of the timed runs")
+                          "prediction error", "predicted / original", "ratio error", "spread"], rows,
+                         align="ll" + "r" * 8))
+    print("\nprediction error = (predicted - measured) / measured; ratio error: the same for the ratios to the "
+          "original (a machine that gets slower or faster between calibration and timing moves the first, not "
+          "the second); spread = (max - min) / median of the timed runs")
     print("\n".join(verdicts))
     print(machine_line(args.threads).replace("machine:", "after:"))
     print(reproduce_line("latency.py", argv))

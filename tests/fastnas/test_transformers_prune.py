@@ -155,3 +155,11 @@ def test_prune_hf_refuses_directories_it_cannot_load_safely(tmp_path: Path, setu
     run = _cli("--hf", str(src), "--params", "50%", "--out", str(tmp_path / "x.safetensors"))
     assert run.returncode != 0 and message in run.stderr, run.stderr
     assert not (tmp_path / "x.safetensors").exists()
+
+
+def test_prune_hf_says_nothing_about_batch_norm_for_a_model_without_it(tmp_path: Path) -> None:
+    src = tmp_path / "tiny-llama"
+    _tiny_llama_dir(src)
+    run = _cli("--hf", str(src), "--params", "70%", "--input-shape", "1,8", "--out", str(tmp_path / "p.safetensors"))
+    assert run.returncode == 0, run.stderr
+    assert "BatchNorm" not in run.stdout and "predicted >=" in run.stdout

@@ -158,7 +158,8 @@ def run_prune(args: argparse.Namespace) -> int:
         out.write(f"saved {args.out} ({args.out.stat().st_size:,} bytes); load it with modeopt_core.restore("
                   f"{type(model).__name__}.from_pretrained({str(hf_dir)!r}), {str(args.out)!r})\n")
         _write_hf(model, hf_dir, args, dummy_text, out)
-    if not results["bn_recalibrated"]:
+    has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    if has_bn and not results["bn_recalibrated"]:
         out.write("note: BatchNorm statistics were not re-estimated (no data); fine-tune or recalibrate before use\n")
     return 0
 
