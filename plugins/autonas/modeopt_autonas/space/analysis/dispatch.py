@@ -133,12 +133,7 @@ def _binary(p: _GraphPass, node: fx.Node) -> Value:
         value = factor.value if isinstance(factor, Static) else None
         if isinstance(value, int) and not isinstance(value, bool) and value > 0:
             return SizeOf(size.of, size.dim, size.mul * value)  # e.g. num_kv_heads * n_rep
-    for value in (a, b):
-        # Other arithmetic on a channel width (``C // self.num_heads`` as a reshape size) gives a number the
-        # analysis does not relate to the subnet: the width keeps its size, or that reshape would break.
-        if isinstance(value, SizeOf) and isinstance(value.of, Chan) and value.dim is not None \
-                and is_dim(value.of, value.dim):
-            p.freeze(value.of, f"its width enters arithmetic ({desc}) that the analysis does not follow")
+    _freeze_width_arithmetic(p, (a, b), desc)
     if isinstance(a, Chan) and isinstance(b, Chan):
         aligned = neg_aligned(a, b) if a.flat == b.flat else False
         if not aligned:
@@ -357,8 +352,26 @@ def call_function(p: _GraphPass, node: fx.Node) -> Value:
         if result is not None:
             return result
     if is_static_function(t) and not any(is_tensor_like(p.val(a)) for a in [*node.args, *node.kwargs.values()]):
+        if t in _WIDTH_ARITHMETIC:
+            _freeze_width_arithmetic(p, [p.val(a) for a in [*node.args, *node.kwargs.values()]], p.desc(node))
         return Static()
     return p.boundary(node)
+
+
+#: number-valued operators that may turn a channel width into another size (comparisons do not)
+_WIDTH_ARITHMETIC = frozenset({
+    operator.floordiv, operator.truediv, operator.mod, operator.add, operator.sub, operator.mul, operator.pow,
+    operator.neg, divmod, math.sqrt, math.ceil, math.floor, int, round,
+})
+
+
+def _freeze_width_arithmetic(p: _GraphPass, values: Sequence[Value], desc: str) -> None:
+    """Arithmetic on a channel width (``C // self.num_heads`` as a reshape size) gives a number the analysis
+    does not relate to the subnet: the width keeps its size, or whatever uses the number would break."""
+    for value in values:
+        if isinstance(value, SizeOf) and isinstance(value.of, Chan) and value.dim is not None \
+                and is_dim(value.of, value.dim):
+            p.freeze(value.of, f"its width enters arithmetic ({desc}) that the analysis does not follow")
 
 
 def _freeze_size_sources(p: _GraphPass, args: Sequence[Value], desc: str) -> None:
