@@ -38,7 +38,6 @@ FAST = {
 KNOWN_FAILURES: dict[str, str] = {
     "mobilenetv5_base": "no searchable dimension: its MSFA neck has data-dependent control flow (untraceable), "
                         "and its RMS-norm-like BatchNorm multiplies by a channel mean",
-    "swinv2_cr_tiny_ns_224": "a subnet breaks a reshape with literal sizes in its window attention (soundness gap)",
     "pvt_v2_b0": "no searchable dimension: reshapes of the patch embedding and of q/kv (spatial reduction) "
                  "are not followed",
     "gmlp_ti16_224": "no searchable dimension: a mean of unknown rank in the stem, chunk-split spatial gating",
