@@ -109,6 +109,16 @@ class BatchScore(ABC):
         return self.score_outputs(model_outputs(model, self.inputs))
 
 
+def _draw(batches: Iterable[Any], max_batches: int | None, empty: str) -> list[Any]:
+    """The first ``max_batches`` batches (all for None), drawn once; ``empty`` is the error for none."""
+    if max_batches is not None and (isinstance(max_batches, bool) or max_batches < 1):
+        raise ConfigError(f"max_batches must be None or an int >= 1, got {max_batches!r}")
+    drawn = list(itertools.islice(batches, max_batches))
+    if not drawn:
+        raise ConfigError(empty)
+    return drawn
+
+
 class _LabelledScore(BatchScore):
     def __init__(
         self,
@@ -119,11 +129,8 @@ class _LabelledScore(BatchScore):
         target_func: Callable[[Any], Any] | None,
         output_func: Callable[[Any], torch.Tensor] | None,
     ) -> None:
-        if max_batches is not None and (isinstance(max_batches, bool) or max_batches < 1):
-            raise ConfigError(f"max_batches must be None or an int >= 1, got {max_batches!r}")
-        batches = list(itertools.islice(data_loader, max_batches))
-        if not batches:
-            raise ConfigError(f"{type(self).__name__} got an empty data loader; pass at least one batch")
+        batches = _draw(data_loader, max_batches, f"{type(self).__name__} got an empty data loader; pass at least "
+                        "one batch")
         self.inputs = [collect_func(b) if collect_func else _split_batch(b)[0] for b in batches]
         self.targets = [target_func(b) if target_func else _split_batch(b)[1] for b in batches]
         self.output_func = output_func or default_output
@@ -249,11 +256,7 @@ class LanguageModelScore(BatchScore):
         ignore_index: int = -100,
         output_func: Callable[[Any], torch.Tensor] | None = None,
     ) -> None:
-        if max_batches is not None and (isinstance(max_batches, bool) or max_batches < 1):
-            raise ConfigError(f"max_batches must be None or an int >= 1, got {max_batches!r}")
-        drawn = list(itertools.islice(batches, max_batches))
-        if not drawn:
-            raise ConfigError("LanguageModelScore got no token batches; pass e.g. random_tokens(vocab_size)")
+        drawn = _draw(batches, max_batches, "LanguageModelScore got no token batches; pass e.g. random_tokens(vocab_size)")
         self.inputs, self.labels = [], []
         for i, batch in enumerate(drawn):
             model_input, labels = self._split(batch, i, ignore_index)
