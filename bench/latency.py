@@ -7,7 +7,8 @@ score (``modeopt_fastnas.OutputAgreement``), on the CPU at ``--threads`` threads
   to build it again from that cache, its size, the calibration error, widths slower than a wider one;
 * FastNAS to ``{"latency": B}`` and to ``{"flops": B}`` (the second reuses the first's sensitivity
   map): FLOPs kept, predicted latency, measured latency of the exported model (median of ``--runs``
-  runs, the original and both exports timed round-robin), measured / original, prediction error;
+  runs, the original and both exports timed round-robin, independently of the search's own measured
+  check), measured / original, prediction error; the search's check (measurements, refits);
 * with ``--plots DIR`` (needs matplotlib): predicted vs measured latency of every subnet the latency
   search visited, one PNG per model.
 
@@ -134,6 +135,13 @@ def _run(name: str, template: nn.Module, dummy: torch.Tensor, score_shape: tuple
         f"slower widths skipped: {sum(len(v) for v in results['latency']['latency']['slower_widths_skipped'].values())}",
         *(f"  slow width example: {e}" for e in table["examples"]),
     ]
+    check = results["latency"]["latency"].get("verification")
+    if check:
+        verdicts.append(
+            f"  the search's own check: {len(check['rounds'])} measurement(s), {check['refits']} refit(s); "
+            "predicted -> measured ratio per round: " + ", ".join(
+                f"{r['predicted_ratio']:.3f} -> {r['measured_ratio']:.3f}" for r in check["rounds"])
+            + f"; budget {'met' if check['met'] else 'NOT met'} as measured")
     if plots is not None:
         visited = results["latency"]["latency"].get("visited", [])
         points = [{**p, "label": str(i + 1)} for i, p in enumerate(visited)]

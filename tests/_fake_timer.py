@@ -5,6 +5,10 @@ multiple of 8, the way a vector unit leaves lanes empty), batch norms their elem
 (activations, additions, pooling, views) nothing, plus a constant per timed call. A whole forward
 pass therefore costs exactly the sum of its layers' costs plus one constant, so a latency table built
 with this timer must predict every subnet's "latency" exactly, and a narrower layer can be slower.
+
+With ``activation_element_s`` > 0, ReLUs cost that much per element: a cost between the searchable
+layers that grows with the widths but not as the layers' sum does, so the calibrated prediction is
+close to the measurement but not exact (as on real hardware).
 """
 
 from __future__ import annotations
@@ -31,8 +35,9 @@ def _conv_cost(out: torch.Tensor, weight: torch.Tensor, transposed: bool, groups
 
 
 class _Charge(TorchDispatchMode):
-    def __init__(self) -> None:
+    def __init__(self, activation_element_s: float = 0.0) -> None:
         super().__init__()
+        self.activation_element_s = activation_element_s
         self.seconds = 0.0
         self.ops: list[str] = []
 
@@ -58,6 +63,8 @@ class _Charge(TorchDispatchMode):
                         aten._native_batch_norm_legit, aten.layer_norm, aten.native_layer_norm, aten.group_norm,
                         aten.native_group_norm):
             self.seconds += args[0].numel() * SECONDS_PER_NORM_ELEMENT
+        elif packet in (aten.relu, aten.relu_):
+            self.seconds += out.numel() * self.activation_element_s
         self.ops.append(str(packet))
         return out
 
@@ -69,13 +76,14 @@ class OpCostTimer:
     the calibration; with elastic depth (a varying number of layers) use 0 to keep the sum exact.
     """
 
-    def __init__(self, overhead_s: float = CALL_OVERHEAD_S) -> None:
+    def __init__(self, overhead_s: float = CALL_OVERHEAD_S, activation_element_s: float = 0.0) -> None:
         self.calls = 0
         self.overhead_s = overhead_s
+        self.activation_element_s = activation_element_s
 
     def __call__(self, fn: Callable[[], Any]) -> float:
         self.calls += 1
-        charge = _Charge()
+        charge = _Charge(self.activation_element_s)
         with charge:
             fn()
         return charge.seconds + self.overhead_s

@@ -23,7 +23,7 @@ SPACE = {
     "LayerSpec", "LayerType", "NASModeBase", "NASRuleConfig", "SearchSpace", "SearchSpaceError", "SpaceExportedError",
     "SpaceStructure", "StructureMismatchError", "SubnetConfigError", "SubnetDriver", "SubnetProfiler", "analyze",
     "attr_view", "buffer_view", "channel_norm_spec", "conv_spec", "default_latency_cache_dir", "describe_exported", "get_search_space", "get_subnet_config",
-    "group_norm_spec", "has_search_space", "is_dynamic", "is_huggingface", "layer_norm_spec", "linear_spec", "make_divisible",
+    "group_norm_spec", "has_search_space", "is_dynamic", "is_huggingface", "layer_norm_spec", "linear_spec", "make_divisible", "meet_latency_limit",
     "module_type_alias", "nas_rules", "param_view", "print_search_space", "profile_search_space", "profile_subnet",
     "recalibrate_bn", "sample", "search_space_size", "select",
 }

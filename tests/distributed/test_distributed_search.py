@@ -221,7 +221,8 @@ def test_fastnas_latency_search_uses_rank_0s_table_on_every_rank(runs: Runs) -> 
     """Each rank's timer is a different "machine"; rank 0 measures, so all ranks (and one process,
     whose rank is 0) pick the same subnet with the same predictions."""
     ranks, single = runs.ranks("fastnas_latency"), runs.single["fastnas_latency"]
-    _same_on_ranks(ranks, "subnet", "latency", "skipped", "exported")
-    for key in ("subnet", "latency", "skipped", "exported"):
+    _same_on_ranks(ranks, "subnet", "latency", "skipped", "exported", "verification")
+    for key in ("subnet", "latency", "skipped", "exported", "verification"):
         assert ranks[0][key] == single[key], key
+    assert ranks[0]["verification"][0] >= 1  # the measured check refitted the model on every rank alike
     assert len(ranks[0]["cache_files"]) == 1  # only rank 0's context was written

@@ -70,6 +70,7 @@ def test_prune_to_a_latency_budget_on_this_machine(tmp_path: Path, capsys: pytes
     assert "{'flops': '90%', 'latency': '60%'}" in text
     line = next(ln for ln in text.splitlines() if ln.strip().startswith("latency"))
     assert "predicted" in line and "measured on the export" in line and "prediction error" in line
+    assert "latency budget met as measured after 1 check(s) (0 refit(s) of the latency model)" in text
     assert list((tmp_path / "cache" / "latency").glob("latency-*.safetensors"))  # the table is cached
     assert _flops(restore(tiny_cnn(), out)) <= 0.9 * _flops(tiny_cnn())
 
@@ -81,6 +82,7 @@ def test_prune_to_a_latency_budget_on_this_machine(tmp_path: Path, capsys: pytes
     (["--model", "tests.fastnas._models:tiny_cnn"], "give a budget"),
     (["--model", "tests.fastnas._models:tiny_cnn", "--latency", "50%", "--threads", "0"], "--threads must be >= 1"),
     (["--model", "tests.fastnas._models:tiny_cnn", "--flops", "1%"], "cannot be met: the smallest subnet"),
+    (["--model", "tests.fastnas._models:tiny_cnn", "--latency", "50%", "--latency-verify", "-1"], "latency_verify"),
 ])
 def test_prune_errors_are_one_line(args: list[str], message: str, tmp_path: Path,
                                    capsys: pytest.CaptureFixture[str]) -> None:

@@ -202,3 +202,53 @@ def test_predicted_vs_measured_plot_is_written(tmp_path: Path) -> None:
     points = [{"predicted": 10.0, "measured": 11.0, "label": "1"}, {"predicted": 5.0, "measured": 4.5}]
     out = plot_latency(points, tmp_path / "latency.png", title="test")
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# ---- measured check of the chosen subnet (latency_verify) ------------------------------------------
+def _inexact(tmp_path: Path, constraints: dict[str, Any], verify: int) -> dict[str, Any]:
+    """A search whose timer charges ReLUs per element: the prediction is close, not exact."""
+    return _prune(tmp_path, constraints, latency_verify=verify,
+                  latency_options={"timer": OpCostTimer(activation_element_s=2e-8)})[1]
+
+
+def test_an_exact_prediction_is_checked_once(tmp_path: Path) -> None:
+    _, res = _prune(tmp_path, {"latency": "60%"})
+    check = res["latency"]["verification"]
+    assert check["met"] and check["refits"] == 0 and len(check["rounds"]) == 1
+    assert check["rounds"][0]["measured_ratio"] == pytest.approx(res["latency_ratio"], rel=1e-9)
+
+
+def test_a_measured_miss_is_refitted_and_bisected_again(tmp_path: Path) -> None:
+    trusted = _inexact(tmp_path, {"latency": "40%"}, verify=0)
+    assert trusted["latency"]["verification"] is None
+    assert trusted["latency"]["measured_ratio"] > 0.40  # the prediction alone misses the limit
+    res = _inexact(tmp_path, {"latency": "40%"}, verify=3)
+    check, lat = res["latency"]["verification"], res["latency"]
+    first, last = check["rounds"][0], check["rounds"][-1]
+    assert first["measured_ratio"] == pytest.approx(trusted["latency"]["measured_ratio"], rel=1e-9)
+    assert not first["met"] and last["met"] and check["met"] and check["refits"] == len(check["rounds"]) - 1 >= 1
+    assert res["subnet"] == check["subnet"] != trusted["subnet"]
+    assert lat["measured_ratio"] <= 0.40 and res["flops"]["after"] < trusted["flops"]["after"]
+    # the refitted line passes through the original (the reference) and the measured miss
+    refit = lat["calibration"]["refits"][0]
+    slope, offset = refit["after"]
+    assert slope * refit["raw"] + offset == pytest.approx(first["at_reference_ms"], rel=1e-9)
+    assert lat["before"] == pytest.approx(lat["calibration"]["reference_ms"], rel=1e-9)
+    # the final subnet is what the bisection finds under the refitted model, predicted before measuring it
+    assert last["predicted_ms"] == pytest.approx(lat["after"], rel=1e-9)
+    assert lat["after"] <= res["constraints"]["limits"]["latency"]
+
+
+def test_a_miss_left_after_the_last_measurement_is_reported(tmp_path: Path,
+                                                            caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level("WARNING"):
+        res = _inexact(tmp_path, {"latency": "40%"}, verify=1)
+    check = res["latency"]["verification"]
+    assert not check["met"] and check["refits"] == 0 and len(check["rounds"]) == 1
+    assert "the budget is not met on this machine as measured" in caplog.text
+    assert "raise latency_verify" in caplog.text
+
+
+def test_latency_verify_must_be_a_count() -> None:
+    with pytest.raises(ConfigError, match="latency_verify"):
+        prune(tiny_cnn(), {"latency": "60%"}, DUMMY, {"score_func": _score(), "latency_verify": -1})

@@ -50,7 +50,14 @@ from modeopt_core.sdk import (
     unpack_dummy_input,
 )
 
-from .space import LATENCY_REPORT_MODES, LatencyModel, SearchSpace, SubnetProfiler, get_search_space
+from .space import (
+    LATENCY_REPORT_MODES,
+    LatencyModel,
+    SearchSpace,
+    SubnetProfiler,
+    get_search_space,
+    meet_latency_limit,
+)
 from .training import _bypass, _has_tracked_batchnorm, supernet_sampler
 
 __all__ = ["EvolveSearcher", "NASSearcher", "RandomSearcher"]
@@ -93,13 +100,19 @@ class NASSearcher(IterativeSearcher):
     that satisfies the constraints, default 100), ``latency_options`` (options of the
     :class:`~modeopt_autonas.space.LatencyModel` built for a ``latency`` limit, default None) and
     ``latency_report`` (``"final"``: time the chosen and the original subnet's exports for the results;
-    ``"visited"``: also every scored candidate; ``"off"``).
+    ``"visited"``: also every scored candidate; ``"off"``) and ``latency_verify`` (default 3: the most
+    times the best candidate's export is timed against a ``latency`` limit; while it misses as
+    measured, the latency model is refitted through the measurement and the best scored candidate
+    that still fits is taken, see :func:`~modeopt_autonas.space.meet_latency_limit`; 0: trust the
+    prediction).
     """
 
     # A checkpoint after every iteration, unless writing it (it grows with the history) would take
     # more than 10% of the search time; then as often as that allows. Resuming replays the
     # iterations since the last write with the same random draws, so the result is the same.
     checkpoint_interval_s: ClassVar[float] = 0.0
+    resume_compatible_keys = IterativeSearcher.resume_compatible_keys | {"latency_report", "latency_verify"}
+    """These only change what happens after the search, never its candidates."""
     checkpoint_max_overhead: ClassVar[float | None] = 0.1
 
     space: SearchSpace
@@ -116,6 +129,7 @@ class NASSearcher(IterativeSearcher):
             "sample_tries": 100,
             "latency_options": None,
             "latency_report": "final",
+            "latency_verify": 3,
         }
 
     def sanitize_search_config(self, config: Mapping[str, Any] | None) -> SearchConfig:
@@ -123,6 +137,7 @@ class NASSearcher(IterativeSearcher):
         check_bool(merged, "calibrate_bn")
         check_int(merged, "min_calibration_batches", minimum=1)
         check_int(merged, "sample_tries", minimum=1)
+        check_int(merged, "latency_verify", minimum=0)
         LatencyModel.check_options(merged["latency_options"])
         if merged["latency_report"] not in LATENCY_REPORT_MODES:
             raise ConfigError(f"search config latency_report={merged['latency_report']!r} is invalid; expected one "
@@ -286,6 +301,8 @@ class NASSearcher(IterativeSearcher):
         """Select the best subnet (or the starting one) and re-estimate its batch-norm statistics; with a
         latency model, time the exported subnet (``latency_report``)."""
         super().after_search()
+        self._latency_check: dict[str, Any] | None = None
+        self._verify_latency()
         self._recalibrate()
         self._latency_report: dict[str, Any] | None = None
         latency = self._latency_model()
@@ -294,6 +311,29 @@ class NASSearcher(IterativeSearcher):
                        if self.config["latency_report"] == "visited" else [])
             config = self.current_config()
             self._latency_report = distributed.run_on_main(lambda: latency.report(config, visited))
+
+    def _verify_latency(self) -> None:
+        """Time the best candidate against the latency limit; while it misses, refit the latency model
+        and take the best scored candidate that still fits (no new score evaluation)."""
+        latency = self._latency_model()
+        limit = self.constraints.limits.get("latency") if self.constraints else None
+        if latency is None or limit is None or not self.config["latency_verify"] or self.best is None:
+            return
+
+        def choose() -> dict[str, int]:
+            fitting = [c for c in self.history if c["satisfied"] and c["score"] is not None and self._fits(c["config"])]
+            if not fitting:
+                raise ConstraintError("no scored candidate fits the refitted latency model")
+            best = fitting[0]
+            for candidate in fitting[1:]:
+                if self.is_better(candidate, best):
+                    best = candidate
+            self.best = {**best, "is_best": True, "constraints": {**best["constraints"], "latency": latency.latency(best["config"])}}
+            self.select(best["config"])
+            return dict(best["config"])
+
+        self._latency_check = meet_latency_limit(latency, limit, dict(self.best["config"]), choose,
+                                                 self.config["latency_verify"], self.log_level)
 
     def _latency_model(self) -> LatencyModel | None:
         return self.profiler.latency_model if isinstance(self.profiler, SubnetProfiler) else None
@@ -312,6 +352,7 @@ class NASSearcher(IterativeSearcher):
             out["latency"] = {
                 "before": latency.latency(original), "after": latency.latency(), "unit": "ms",
                 **(getattr(self, "_latency_report", None) or {}), "calibration": latency.calibration,
+                "verification": getattr(self, "_latency_check", None),
             }
         return out
 

@@ -41,6 +41,7 @@ class FastNASSearcherState(IterativeSearcher):
         self._sort_log: list[Any] = []  # the channel sort, undone if the search fails
         self._dropped_choices: dict[str, list[int]] = {}  # widths predicted no faster than a wider one
         self._latency_report: dict[str, Any] | None = None
+        self._latency_check: dict[str, Any] | None = None  # the measured check of the latency limit
         self._timings: dict[str, float] = {}
         self._evals_this_run = self._calibration_batches = 0
         self._bn_recalibrated = False

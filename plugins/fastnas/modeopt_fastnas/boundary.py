@@ -6,7 +6,9 @@
    is an analytic FLOPs/params count, its score the predicted ``original - threshold``; the visited
    thresholds are recorded (``thresholds_visited``).
 2. ``"cost"`` order (see :mod:`.selection`): bisected the same way, analytically.
-3. With ``boundary_evals`` = N > 0, the distinct boundary subnets of the orders in ``selection`` (and,
+3. With a ``latency`` limit, the chosen subnet is timed and, while it misses the limit as measured,
+   the latency model is refitted and step 1 runs again (``latency_verify``).
+4. With ``boundary_evals`` = N > 0, the distinct boundary subnets of the orders in ``selection`` (and,
    while N allows, the next threshold of each: one step more pruned) are measured for real (BN
    re-estimated as for the returned model) and the best score wins. With N = 0 the ``"drop"``
    order's boundary subnet is returned on its prediction alone (ModelOpt's behaviour).
@@ -16,6 +18,8 @@ from __future__ import annotations
 
 import logging
 from typing import Any
+
+from modeopt_autonas.space import meet_latency_limit
 
 from ._searcher_state import FastNASSearcherState
 from .latency import bisectable_thresholds, drop_slower_choices
@@ -88,6 +92,26 @@ class BoundarySelector(FastNASSearcherState):
             self._boundary.append(self._boundary_entry("drop", thresholds, hi + 1, self._keys))
         _log.log(self._log_level, "FastNAS binary search: %d steps over %d thresholds, chose drop threshold %.4g",
                  self.iter_num, len(thresholds), thresholds[hi][0])
+
+    def _verify_latency(self) -> None:
+        """Time the chosen subnet against the latency limit; while it misses, refit and bisect again."""
+        counter = self._counter()
+        limit = self.constraints.limits.get("latency")
+        rounds = self.config["latency_verify"]
+        if limit is None or counter.latency_model is None or rounds == 0 or self.best is None:
+            return
+
+        def choose() -> dict[str, int]:
+            # a fresh bisection under the refitted model: earlier constraint checks are stale
+            self.iter_num, self.history, self.best, self.stopped_early = 0, [], None, False
+            self.thresholds_visited, self._best_key = [], None
+            self.forget_evaluations()
+            self._binary_search()
+            assert self.best is not None  # the bisection only keeps lists with a fitting threshold
+            return dict(self.best["config"])
+
+        self._latency_check = meet_latency_limit(counter.latency_model, limit, dict(self.best["config"]), choose,
+                                                 rounds, self._log_level)
 
     def _boundary_entry(self, order: str, thresholds: list[PruningKey], index: int,
                         keys: dict[str, dict[int, PruningKey]]) -> dict[str, Any]:

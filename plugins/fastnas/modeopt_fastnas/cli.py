@@ -72,6 +72,10 @@ def configure_prune(parser: argparse.ArgumentParser) -> None:
                         help="latency budget on this machine: a percentage of the original's measured latency (60%%) "
                              "or milliseconds (12.5), for a batch of --input-shape; the layers are timed once and "
                              "cached (MODEOPT_CACHE_DIR)")
+    parser.add_argument("--latency-verify", type=int, default=3, metavar="N",
+                        help="with --latency: time the chosen subnet against the original up to N times; while it "
+                             "misses the budget as measured, refit the latency model and search again (default 3; "
+                             "0 trusts the prediction)")
     parser.add_argument("--threads", type=int, metavar="N",
                         help="torch intra-op threads for the search and the latency measurements (default: torch's)")
     parser.add_argument("--out", required=True, type=Path, metavar="FILE",
@@ -125,7 +129,8 @@ def run_prune(args: argparse.Namespace) -> int:
     mode_config = {"uniform": True} if uniform else None
     limits = (("flops", args.flops), ("params", args.params), ("latency", args.latency))
     constraints = {k: v for k, v in limits if v is not None}
-    config: dict[str, Any] = {"score_func": score, "verbose": not getattr(args, "quiet", False)}
+    config: dict[str, Any] = {"score_func": score, "verbose": not getattr(args, "quiet", False),
+                              "latency_verify": args.latency_verify}
     if args.checkpoint is not None:
         config["checkpoint"] = str(args.checkpoint)
     threads = torch.get_num_threads()
@@ -212,6 +217,11 @@ def _latency_line(lat: dict[str, Any]) -> str:
     if "measured_after" in lat:
         line += (f"; measured on the export {lat['measured_before']:.3f} -> {lat['measured_after']:.3f} ms "
                  f"({100 * lat['measured_ratio']:.1f}%), prediction error {100 * lat['error']:+.1f}%")
+    check = lat.get("verification")
+    if check:
+        verdict = "met" if check["met"] else "NOT met"
+        line += (f"\n  latency budget {verdict} as measured after {len(check['rounds'])} check(s) "
+                 f"({check['refits']} refit(s) of the latency model)")
     return line + "\n"
 
 

@@ -15,7 +15,9 @@ Phases of :meth:`BinarySearcher.search` on a model converted with the ``fastnas`
    exact bisection over those values; each step is an analytic FLOPs/params count (microseconds), no
    model run. The result is the lowest threshold whose subnet meets every constraint. A ``latency``
    constraint is checked against a :class:`~modeopt_autonas.space.LatencyModel` of the space (built
-   or loaded from its cache before the search) and kept exact as described in :mod:`.latency`.
+   or loaded from its cache before the search) and kept exact as described in :mod:`.latency`; the
+   chosen subnet is then timed against the original, and while it misses the limit as measured the
+   model is refitted through that measurement and the bisection runs again (``latency_verify``).
 5. *Finish*: select that subnet and re-estimate BatchNorm statistics for it.
 """
 
@@ -97,6 +99,11 @@ class BinarySearcher(SensitivityMapBuilder, BoundarySelector):
       built when a ``latency`` limit is given (``LATENCY_OPTIONS``: timer, runs, cache_dir, ...).
     * ``latency_report`` (default ``"final"``): which exported subnets are timed for the results'
       ``latency`` entry (``LATENCY_REPORT_MODES``; ``"visited"`` adds every binary-search step).
+    * ``latency_verify`` (default 3): with a ``latency`` limit, the most times the chosen subnet's export
+      is timed against the original's; when it misses the limit as measured, the latency model is
+      refitted through the measurement and the bisection runs again
+      (:func:`~modeopt_autonas.space.meet_latency_limit`; results ``latency.verification``). 0: trust
+      the prediction.
 
     Resuming: the checkpoint (``checkpoint`` key) holds the original score and the finished hparams'
     drops. It is tied to the search config, the search space and the dummy input but *not* to the
@@ -104,7 +111,8 @@ class BinarySearcher(SensitivityMapBuilder, BoundarySelector):
     """
 
     resume_compatible_keys = IterativeSearcher.resume_compatible_keys | {
-        "downstream_cache_mb", "selection", "params_weight", "boundary_evals", "latency_options", "latency_report"}
+        "downstream_cache_mb", "selection", "params_weight", "boundary_evals", "latency_options", "latency_report",
+        "latency_verify"}
     """These change how fast entries are measured or how the subnet is picked from the map, never the map."""
 
     # ----------------------------------------------------------------- configuration
@@ -123,6 +131,7 @@ class BinarySearcher(SensitivityMapBuilder, BoundarySelector):
             "boundary_evals": 0,
             "latency_options": None,
             "latency_report": "final",
+            "latency_verify": 3,
         }
 
     @property
@@ -191,6 +200,7 @@ class BinarySearcher(SensitivityMapBuilder, BoundarySelector):
         check_float(merged, "downstream_cache_mb", minimum=0.0)
         check_float(merged, "params_weight", minimum=0.0)
         check_int(merged, "boundary_evals", minimum=0)
+        check_int(merged, "latency_verify", minimum=0)
         selection = merged["selection"]
         if isinstance(selection, str):
             selection = (selection,)
@@ -318,6 +328,9 @@ class BinarySearcher(SensitivityMapBuilder, BoundarySelector):
             self._binary_search()
             self._timings["binary_search_s"] = time.perf_counter() - t0
             t0 = time.perf_counter()
+            self._verify_latency()
+            self._timings["latency_verify_s"] = time.perf_counter() - t0
+            t0 = time.perf_counter()
             self._judge_boundary()
             self._timings["boundary_s"] = time.perf_counter() - t0
         self.save_search_checkpoint()
@@ -429,6 +442,7 @@ class BinarySearcher(SensitivityMapBuilder, BoundarySelector):
                 "before": before_ms, "after": after_ms, "unit": "ms",
                 **(self._latency_report or {}),
                 "slower_widths_skipped": {n: list(c) for n, c in self._dropped_choices.items()},
+                "verification": self._latency_check,
                 "calibration": latency.calibration,
             }
             res["latency_ratio"] = after_ms / before_ms

@@ -15,7 +15,8 @@ import AutoNAS's supernet training or evolutionary search (``modeopt_autonas.mod
   :func:`is_huggingface` for exported Hugging Face models (config sizes, layer indices);
 - latency: :class:`LatencyModel` (a measured, cached latency table of the space on this device, for
   the ``latency`` constraint), :data:`LATENCY_OPTIONS`, :data:`LATENCY_REPORT_MODES`,
-  :func:`default_latency_cache_dir`, :class:`LatencyCacheError`, :class:`LatencyCacheWarning`;
+  :func:`default_latency_cache_dir`, :class:`LatencyCacheError`, :class:`LatencyCacheWarning`,
+  :func:`meet_latency_limit` (measure a search's choice against the limit and refit the model);
 - model functions: :func:`select`, :func:`sample`, :func:`get_subnet_config`, :func:`profile_subnet`,
   :func:`profile_search_space`, :func:`recalibrate_bn`, :func:`print_search_space`, ...;
 - extending: :class:`LayerType` records (spec + :class:`DynamicModule` class + rules) registered through
@@ -55,6 +56,7 @@ from .latency import (
     LatencyCacheWarning,
     LatencyModel,
     default_latency_cache_dir,
+    meet_latency_limit,
 )
 from .layers import (
     LAYERS,
@@ -138,6 +140,7 @@ __all__ = [
     "layer_norm_spec",
     "linear_spec",
     "make_divisible",
+    "meet_latency_limit",
     "module_type_alias",
     "nas_rules",
     "param_view",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from .cache import LatencyCacheError, LatencyCacheWarning, default_latency_cache_dir
 from .model import LATENCY_OPTIONS, LATENCY_REPORT_MODES, LatencyModel
+from .verification import meet_latency_limit
 
 __all__ = [
     "LATENCY_OPTIONS",
@@ -18,4 +19,5 @@ __all__ = [
     "LatencyCacheWarning",
     "LatencyModel",
     "default_latency_cache_dir",
+    "meet_latency_limit",
 ]

@@ -393,6 +393,10 @@ class LatencyModel:
         values = self._values(config)
         return {u.name: table.cost(u.key(values)) if u.alive(values) else 0.0 for u, table in self._units}
 
+    def original_config(self) -> dict[str, int]:
+        """The original subnet (what :attr:`reference_ms` measured)."""
+        return {n: hp.original for n, hp in zip(self._names, self._hps)}
+
     @property
     def reference_ms(self) -> float:
         """Measured milliseconds of the original subnet (what percentage limits refer to)."""
@@ -405,8 +409,7 @@ class LatencyModel:
 
     def report(self, config: Mapping[str, int], visited: Sequence[Mapping[str, int]] = ()) -> dict[str, Any]:
         """Predicted vs measured latency of ``config`` and the original subnet (and of ``visited``)."""
-        original = {n: hp.original for n, hp in zip(self._names, self._hps)}
-        configs = [original, dict(config), *[dict(v) for v in visited]]
+        configs = [self.original_config(), dict(config), *[dict(v) for v in visited]]
         measured = self.measure(configs)
         predicted = [self.latency(c) for c in configs]
         return {

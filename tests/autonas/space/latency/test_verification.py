@@ -1,0 +1,59 @@
+"""``meet_latency_limit`` and ``refit_through`` on a real latency model (deterministic op-cost timer)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+import modeopt_core as mo
+from modeopt_autonas.space import LatencyModel, get_search_space, meet_latency_limit
+from modeopt_autonas.space.latency.verification import refit_through
+from modeopt_core import ConstraintError
+from tests._fake_timer import OpCostTimer
+from tests.fastnas._models import INPUT_SHAPE, tiny_cnn
+
+FAST = {"runs": 1, "warmup": 0, "calibration_runs": 1, "report_runs": 1}
+SMALL = {"conv1.out_channels": 8, "conv2.out_channels": 8, "conv3.out_channels": 16}
+
+
+def _model(tmp_path: Path) -> LatencyModel:
+    space = get_search_space(mo.apply_mode(tiny_cnn(), ["fastnas"]))
+    timer = OpCostTimer(activation_element_s=2e-8)
+    return LatencyModel.build(space, torch.zeros(INPUT_SHAPE), timer=timer, cache_dir=tmp_path, **FAST)
+
+
+def test_refit_passes_through_the_reference_and_the_point(tmp_path: Path) -> None:
+    model = _model(tmp_path)
+    original = model.original_config()
+    assert refit_through(model, SMALL, 0.5 * model.reference_ms)
+    assert model.latency(SMALL) == pytest.approx(0.5 * model.reference_ms, rel=1e-9)
+    assert model.latency(original) == pytest.approx(model.reference_ms, rel=1e-9)
+    # no line with a positive slope: not faster than the original, or the original itself
+    slope = model.slope
+    assert not refit_through(model, SMALL, 1.2 * model.reference_ms)
+    assert not refit_through(model, original, 0.5 * model.reference_ms)
+    assert model.slope == slope and len(model.calibration["refits"]) == 1
+
+
+def test_a_limit_nothing_fits_after_the_refit_keeps_the_model_and_the_choice(tmp_path: Path,
+                                                                             caplog: pytest.LogCaptureFixture) -> None:
+    model = _model(tmp_path)
+    line = (model.slope, model.offset)
+    measured = model.measure([model.original_config(), SMALL], runs=1)
+    limit = 0.99 * measured[1] / measured[0] * model.reference_ms  # the measurement misses it by 1%
+    calls = []
+
+    def choose() -> dict[str, int]:
+        calls.append((model.slope, model.offset))
+        if len(calls) == 1:
+            raise ConstraintError("nothing fits")
+        return dict(SMALL)
+
+    with caplog.at_level("WARNING"):
+        check = meet_latency_limit(model, limit, SMALL, choose, rounds=3)
+    assert not check["met"] and check["refits"] == 0 and check["subnet"] == SMALL
+    assert check["rounds"][0]["no_subnet_after_refit"] and len(check["rounds"]) == 1
+    assert calls[0] != line and calls[1] == line == (model.slope, model.offset)  # refitted, then undone
+    assert model.calibration["refits"] == [] and "not met" in caplog.text
