@@ -222,20 +222,20 @@ def test_a_measured_miss_is_refitted_and_bisected_again(tmp_path: Path) -> None:
     trusted = _inexact(tmp_path, {"latency": "40%"}, verify=0)
     assert trusted["latency"]["verification"] is None
     assert trusted["latency"]["measured_ratio"] > 0.40  # the prediction alone misses the limit
-    res = _inexact(tmp_path, {"latency": "40%"}, verify=3)
+    res = _inexact(tmp_path, {"latency": "40%"}, verify=4)
     check, lat = res["latency"]["verification"], res["latency"]
-    first, last = check["rounds"][0], check["rounds"][-1]
+    first, chosen = check["rounds"][0], check["rounds"][check["chosen_round"]]
     assert first["measured_ratio"] == pytest.approx(trusted["latency"]["measured_ratio"], rel=1e-9)
-    assert not first["met"] and last["met"] and check["met"] and check["refits"] == len(check["rounds"]) - 1 >= 1
+    assert not first["met"] and chosen["met"] and check["met"] and check["refits"] >= 1
+    assert chosen is max((r for r in check["rounds"] if r["met"]), key=lambda r: r["at_reference_ms"])
     assert res["subnet"] == check["subnet"] != trusted["subnet"]
     assert lat["measured_ratio"] <= 0.40 and res["flops"]["after"] < trusted["flops"]["after"]
-    # the refitted line passes through the original (the reference) and the measured miss
-    refit = lat["calibration"]["refits"][0]
-    slope, offset = refit["after"]
-    assert slope * refit["raw"] + offset == pytest.approx(first["at_reference_ms"], rel=1e-9)
+    # the first refit passes through the original (the reference) and the measured miss
+    (_, ms0), (_, ms1) = lat["calibration"]["refits"][0]["through"]
+    assert ms0 == pytest.approx(lat["calibration"]["reference_ms"]) and ms1 == pytest.approx(first["at_reference_ms"])
     assert lat["before"] == pytest.approx(lat["calibration"]["reference_ms"], rel=1e-9)
-    # the final subnet is what the bisection finds under the refitted model, predicted before measuring it
-    assert last["predicted_ms"] == pytest.approx(lat["after"], rel=1e-9)
+    # the result is what the bisection finds under the kept line, predicted before it was measured
+    assert chosen["predicted_ms"] == pytest.approx(lat["after"], rel=1e-9)
     assert lat["after"] <= res["constraints"]["limits"]["latency"]
 
 

@@ -100,7 +100,7 @@ class NASSearcher(IterativeSearcher):
     that satisfies the constraints, default 100), ``latency_options`` (options of the
     :class:`~modeopt_autonas.space.LatencyModel` built for a ``latency`` limit, default None) and
     ``latency_report`` (``"final"``: time the chosen and the original subnet's exports for the results;
-    ``"visited"``: also every scored candidate; ``"off"``) and ``latency_verify`` (default 3: the most
+    ``"visited"``: also every scored candidate; ``"off"``) and ``latency_verify`` (default 4: the most
     times the best candidate's export is timed against a ``latency`` limit; while it misses as
     measured, the latency model is refitted through the measurement and the best scored candidate
     that still fits is taken, see :func:`~modeopt_autonas.space.meet_latency_limit`; 0: trust the
@@ -129,7 +129,7 @@ class NASSearcher(IterativeSearcher):
             "sample_tries": 100,
             "latency_options": None,
             "latency_report": "final",
-            "latency_verify": 3,
+            "latency_verify": 4,
         }
 
     def sanitize_search_config(self, config: Mapping[str, Any] | None) -> SearchConfig:
@@ -348,9 +348,8 @@ class NASSearcher(IterativeSearcher):
         }
         latency = self._latency_model()
         if latency is not None:
-            original = {n: hp.original for n, hp in self.space.named_hparams(True)}
             out["latency"] = {
-                "before": latency.latency(original), "after": latency.latency(), "unit": "ms",
+                "before": latency.reference_ms, "after": latency.latency(), "unit": "ms",
                 **(getattr(self, "_latency_report", None) or {}), "calibration": latency.calibration,
                 "verification": getattr(self, "_latency_check", None),
             }

@@ -72,9 +72,9 @@ def configure_prune(parser: argparse.ArgumentParser) -> None:
                         help="latency budget on this machine: a percentage of the original's measured latency (60%%) "
                              "or milliseconds (12.5), for a batch of --input-shape; the layers are timed once and "
                              "cached (MODEOPT_CACHE_DIR)")
-    parser.add_argument("--latency-verify", type=int, default=3, metavar="N",
+    parser.add_argument("--latency-verify", type=int, default=4, metavar="N",
                         help="with --latency: time the chosen subnet against the original up to N times; while it "
-                             "misses the budget as measured, refit the latency model and search again (default 3; "
+                             "misses the budget as measured, refit the latency model and search again (default 4; "
                              "0 trusts the prediction)")
     parser.add_argument("--threads", type=int, metavar="N",
                         help="torch intra-op threads for the search and the latency measurements (default: torch's)")

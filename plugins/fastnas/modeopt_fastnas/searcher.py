@@ -99,7 +99,7 @@ class BinarySearcher(SensitivityMapBuilder, BoundarySelector):
       built when a ``latency`` limit is given (``LATENCY_OPTIONS``: timer, runs, cache_dir, ...).
     * ``latency_report`` (default ``"final"``): which exported subnets are timed for the results'
       ``latency`` entry (``LATENCY_REPORT_MODES``; ``"visited"`` adds every binary-search step).
-    * ``latency_verify`` (default 3): with a ``latency`` limit, the most times the chosen subnet's export
+    * ``latency_verify`` (default 4): with a ``latency`` limit, the most times the chosen subnet's export
       is timed against the original's; when it misses the limit as measured, the latency model is
       refitted through the measurement and the bisection runs again
       (:func:`~modeopt_autonas.space.meet_latency_limit`; results ``latency.verification``). 0: trust
@@ -131,7 +131,7 @@ class BinarySearcher(SensitivityMapBuilder, BoundarySelector):
             "boundary_evals": 0,
             "latency_options": None,
             "latency_report": "final",
-            "latency_verify": 3,
+            "latency_verify": 4,
         }
 
     @property
@@ -437,7 +437,7 @@ class BinarySearcher(SensitivityMapBuilder, BoundarySelector):
         })
         latency = counter.latency_model
         if latency is not None:
-            before_ms, after_ms = counter.latency(original), counter.latency()
+            before_ms, after_ms = latency.reference_ms, counter.latency()  # the reference: also after a refit
             res["latency"] = {
                 "before": before_ms, "after": after_ms, "unit": "ms",
                 **(self._latency_report or {}),

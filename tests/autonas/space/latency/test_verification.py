@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -53,7 +55,44 @@ def test_a_limit_nothing_fits_after_the_refit_keeps_the_model_and_the_choice(tmp
 
     with caplog.at_level("WARNING"):
         check = meet_latency_limit(model, limit, SMALL, choose, rounds=3)
-    assert not check["met"] and check["refits"] == 0 and check["subnet"] == SMALL
+    assert not check["met"] and check["subnet"] == SMALL and check["chosen_round"] == 0
     assert check["rounds"][0]["no_subnet_after_refit"] and len(check["rounds"]) == 1
-    assert calls[0] != line and calls[1] == line == (model.slope, model.offset)  # refitted, then undone
-    assert model.calibration["refits"] == [] and "not met" in caplog.text
+    assert calls[0] != line and calls[1] == line == (model.slope, model.offset)  # refitted, then put back
+    assert "not met" in caplog.text
+
+
+def _exhaustive(model: LatencyModel, limit: float) -> Callable[[], dict[str, int]]:
+    """A search over every subnet: the one predicted slowest within the limit (ties: the first)."""
+    hps = dict(model._space.named_hparams(True))
+    names = list(hps)
+    configs = [dict(zip(names, c)) for c in itertools.product(*[hps[n].choices for n in names])]
+
+    def choose() -> dict[str, int]:
+        fits = [c for c in configs if model.latency(c) <= limit]
+        if not fits:
+            raise ConstraintError("nothing fits")
+        return max(fits, key=model.latency)
+
+    return choose
+
+
+@pytest.mark.parametrize("fraction", [0.3, 0.5, 0.7])
+def test_measured_choices_close_in_on_the_limit(fraction: float, tmp_path: Path) -> None:
+    model = LatencyModel.build(get_search_space(mo.apply_mode(tiny_cnn(), ["fastnas"])), torch.zeros(INPUT_SHAPE),
+                               timer=OpCostTimer(activation_element_s=1e-7), cache_dir=tmp_path, **FAST)
+    limit = fraction * model.reference_ms
+    choose = _exhaustive(model, limit)
+    check = meet_latency_limit(model, limit, choose(), choose, rounds=4)
+    rounds = check["rounds"]
+    assert len(rounds) > 1  # this timer makes the first prediction miss or fall far below the limit
+    hits = [r for r in rounds if r["met"]]
+    assert check["met"] and rounds[check["chosen_round"]] is max(hits, key=lambda r: r["at_reference_ms"])
+    assert choose() == check["subnet"]  # the model keeps the line under which the search picks the result
+    assert model.latency(check["subnet"]) == pytest.approx(rounds[check["chosen_round"]]["predicted_ms"], rel=1e-12)
+    # every refit passes exactly through the two measured points it was fitted on
+    for refit in model.calibration["refits"]:
+        slope, offset = refit["after"]
+        for raw, ms in refit["through"]:
+            assert slope * raw + offset == pytest.approx(ms, rel=1e-9)
+    # the result is as large as the measurements allow: no measured hit is slower
+    assert rounds[check["chosen_round"]]["at_reference_ms"] >= rounds[0]["at_reference_ms"] or not rounds[0]["met"]

@@ -411,7 +411,8 @@ class LatencyModel:
         """Predicted vs measured latency of ``config`` and the original subnet (and of ``visited``)."""
         configs = [self.original_config(), dict(config), *[dict(v) for v in visited]]
         measured = self.measure(configs)
-        predicted = [self.latency(c) for c in configs]
+        # the original's prediction is the reference by construction, also under a line refitted elsewhere
+        predicted = [self.reference_ms, *[self.latency(c) for c in configs[1:]]]
         return {
             "predicted_before": predicted[0], "predicted_after": predicted[1],
             "measured_before": measured[0], "measured_after": measured[1],
