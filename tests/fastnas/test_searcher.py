@@ -212,3 +212,36 @@ def test_a_checkpointed_map_is_reused_for_another_budget_without_scoring(tmp_pat
     with pytest.raises(mo.CheckpointError, match="search_space"):
         prune(_converted({"nn.Conv2d": {"min_width_steps": 4}}), {"flops": "40%"}, DUMMY,
               {"score_func": _score(), "checkpoint": str(ckpt), "verbose": False})
+
+
+def _dead_channels() -> torch.nn.Module:
+    """tiny_cnn whose two conv1 channels with the largest weights never fire (BN shift below the ReLU)."""
+    model = tiny_cnn()
+    with torch.no_grad():
+        model.conv1.weight[:2] *= 10
+        model.bn1.bias[:2] = -1e4
+    return model
+
+
+@pytest.mark.parametrize("importance", ["weight", "activation"])
+def test_activation_importance_prunes_dead_channels_first(importance: str) -> None:
+    from modeopt_fastnas import LossScore
+
+    data = batches(8, seed=2)
+    _, res = prune(mo.apply_mode(_dead_channels(), ["fastnas"]), {"flops": "70%"}, torch.zeros(INPUT_SHAPE), {
+        "score_func": LossScore(batches(2, seed=9)), "data_loader": data, "bn_calibration": "off",
+        "importance": importance, "verbose": False})
+    drop = res["sensitivity_map"]["conv1.out_channels"][14]
+    if importance == "activation":
+        assert abs(drop) < 1e-6  # the two channels left out are the dead ones: nothing changes
+    else:
+        assert drop > 1e-3  # the weight norms keep the dead channels and drop live ones
+
+
+def test_activation_importance_needs_data() -> None:
+    model = tiny_cnn()
+    with pytest.raises(mo.ConfigError, match="importance='activation' ranks channels on calibration data"):
+        prune(model, {"flops": "50%"}, torch.zeros(INPUT_SHAPE), {"score_func": WidthScore({}), "importance": "activation"})
+    with pytest.raises(mo.ConfigError, match="importance='gradient' is invalid"):
+        prune(model, {"flops": "50%"}, torch.zeros(INPUT_SHAPE), {"score_func": WidthScore({}), "importance": "gradient"})
+    assert mo.applied_modes(model) == []

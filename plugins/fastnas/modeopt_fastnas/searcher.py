@@ -66,6 +66,7 @@ __all__ = ["BN_CALIBRATION_MODES", "BinarySearcher"]
 _log = logging.getLogger(__name__)
 
 BN_CALIBRATION_MODES = ("auto", "each", "final", "off")
+IMPORTANCE_KINDS = ("weight", "activation")
 """Values of the ``bn_calibration`` search-config key (see :class:`BinarySearcher`)."""
 
 
@@ -99,6 +100,9 @@ class BinarySearcher(SensitivityMapBuilder, BoundarySelector):
       built when a ``latency`` limit is given (``LATENCY_OPTIONS``: timer, runs, cache_dir, ...).
     * ``latency_report`` (default ``"final"``): which exported subnets are timed for the results'
       ``latency`` entry (``LATENCY_REPORT_MODES``; ``"visited"`` adds every binary-search step).
+    * ``importance`` (default ``"weight"``): how channels are ranked before the map: ``"weight"`` by the
+      L1 norms of the weights producing them, ``"activation"`` by their contribution on the
+      calibration data (mean absolute input times the weights reading it; needs data).
     * ``latency_verify`` (default 4): with a ``latency`` limit, the most times the chosen subnet's export
       is timed against the original's; when it misses the limit as measured, the latency model is
       refitted through the measurement and the bisection runs again
@@ -132,6 +136,7 @@ class BinarySearcher(SensitivityMapBuilder, BoundarySelector):
             "latency_options": None,
             "latency_report": "final",
             "latency_verify": 4,
+            "importance": "weight",
         }
 
     @property
@@ -201,6 +206,12 @@ class BinarySearcher(SensitivityMapBuilder, BoundarySelector):
         check_float(merged, "params_weight", minimum=0.0)
         check_int(merged, "boundary_evals", minimum=0)
         check_int(merged, "latency_verify", minimum=0)
+        if merged["importance"] not in IMPORTANCE_KINDS:
+            raise ConfigError(f"search config importance={merged['importance']!r} is invalid; expected one of "
+                              f"{IMPORTANCE_KINDS}")
+        if merged["importance"] == "activation" and not has_data:
+            raise ConfigError("search config importance='activation' ranks channels on calibration data: pass "
+                              "data_loader (or forward_loop), or use importance='weight'")
         selection = merged["selection"]
         if isinstance(selection, str):
             selection = (selection,)
@@ -304,7 +315,11 @@ class BinarySearcher(SensitivityMapBuilder, BoundarySelector):
             self._draw_calibration_inputs(drawn)
         t0 = time.perf_counter()
         with self._restore_on_error():  # the sort is function-preserving, but a failed search undoes it too
-            space.sort_by_importance(list(self._targets), log=self._sort_log)
+            scores = None
+            if self.config["importance"] == "activation":
+                assert self.forward_loop is not None  # checked with the config
+                scores = space.activation_importance(self.forward_loop, list(self._targets))
+            space.sort_by_importance(list(self._targets), log=self._sort_log, scores=scores)
         self._timings["sort_s"] = time.perf_counter() - t0
         self._bn_snapshot = [
             (buf, buf.detach().clone())

@@ -98,3 +98,55 @@ def test_sort_selected_names_only():
     assert torch.allclose(w2.abs().sum((1, 2, 3)), model.c2._parameters["weight"].abs().sum((1, 2, 3)))
     with pytest.raises(SubnetConfigError, match="unknown"):
         space.sort_by_importance(["nope"])
+
+
+def _dead_channel_cnn() -> tuple[torch.nn.Module, torch.Tensor]:
+    """TinyCNN whose conv1 channels 0 and 1 have the largest weights but are never active (BN shift, ReLU)."""
+    from tests.fastnas._models import TinyCNN
+
+    torch.manual_seed(4)
+    model = TinyCNN().eval()
+    with torch.no_grad():
+        model.conv1.weight[:2] *= 10
+        model.bn1.bias[:2] = -1e4
+    return model, torch.randn(16, 3, 8, 8, generator=torch.Generator().manual_seed(6))
+
+
+def test_activation_importance_ranks_a_dead_channel_last() -> None:
+    import modeopt_core as mo
+    from modeopt_autonas.space import get_search_space
+
+    model, x = _dead_channel_cnn()
+    with torch.no_grad():
+        before = model(x)
+    weights = get_search_space(mo.apply_mode(copy.deepcopy(model), ["fastnas"]))
+    assert set(torch.topk(weights.model.conv1.weight.detach().abs().sum((1, 2, 3)), 2).indices.tolist()) == {0, 1}
+    space = get_search_space(mo.apply_mode(model, ["fastnas"]))
+    scores = space.activation_importance(lambda m: m(x), ["conv1.out_channels"])
+    assert set(scores) == {"conv1.out_channels"} and scores["conv1.out_channels"].shape == (16,)
+    assert torch.equal(scores["conv1.out_channels"][:2], torch.zeros(2, dtype=torch.float64))
+    assert torch.all(scores["conv1.out_channels"][2:] > 0)
+    sorted_by = space.sort_by_importance(["conv1.out_channels"], scores=scores)
+    assert torch.all(sorted_by["conv1.out_channels"][:-1] >= sorted_by["conv1.out_channels"][1:])
+    with torch.no_grad():
+        assert torch.allclose(space.model(x), before, atol=1e-5)  # the sort preserves the function
+        # the narrowest-but-two width drops exactly the dead ones: the output does not change
+        space.select({**space.config(), "conv1.out_channels": 14})
+        assert torch.allclose(space.model(x), before, atol=1e-5)
+    # the weight-norm sort keeps the dead channel and drops a live one instead
+    weights.sort_by_importance(["conv1.out_channels"])
+    weights.select({**weights.config(), "conv1.out_channels": 14})
+    with torch.no_grad():
+        assert not torch.allclose(weights.model(x), before, atol=1e-3)
+
+
+def test_given_scores_must_have_one_value_per_channel() -> None:
+    import modeopt_core as mo
+    from modeopt_autonas.space import get_search_space
+
+    model, _ = _dead_channel_cnn()
+    space = get_search_space(mo.apply_mode(model, ["fastnas"]))
+    state = copy.deepcopy(model.state_dict())
+    with pytest.raises(SubnetConfigError, match=r"importance of 'conv1.out_channels' has shape \(3,\); expected \(16,\)"):
+        space.sort_by_importance(["conv1.out_channels"], scores={"conv1.out_channels": torch.ones(3)})
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())

@@ -8,13 +8,21 @@ every tensor bound to the group (producer outputs, biases, norm parameters and r
 consumer inputs, concat segments, flatten repeat blocks) by the same permutation, so the model
 computes the same function; the active channels of any subnet are then the first ``k`` (contiguous
 slices, no gathers). Sorting is idempotent: channels already in order are left alone.
+
+:func:`activation_importance` scores channels from data instead: at every plain convolution or linear
+layer that reads the group, a channel's mean absolute input on the calibration batches times the L1
+norm of the weights that read it, i.e. the size of its contribution to that layer's output. A channel
+with large weights that the data never drives (dead after a ReLU, a BatchNorm with a negative shift)
+then ranks last, where the weight norms rank it first.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
 
 import torch
+from torch import nn
 
 from .errors import SubnetConfigError
 from .structure import is_follower
@@ -22,7 +30,7 @@ from .structure import is_follower
 if TYPE_CHECKING:
     from .search_space import SearchSpace
 
-__all__ = ["SortLog", "channel_importance", "sort_by_importance", "undo_sort"]
+__all__ = ["SortLog", "activation_importance", "channel_importance", "sort_by_importance", "undo_sort"]
 
 
 def _tensor(module: torch.nn.Module, name: str) -> torch.Tensor | None:
@@ -59,6 +67,70 @@ def channel_importance(space: SearchSpace, group_id: int) -> torch.Tensor | None
     return None
 
 
+def _reads_channels_plainly(module: nn.Module) -> bool:
+    """A layer whose input feature ``i`` is read by weight column ``i`` alone (``weight[:, i]``)."""
+    if isinstance(module, nn.Linear):
+        return True
+    return (isinstance(module, nn.modules.conv._ConvNd) and not module.transposed
+            and module.__dict__.get("groups", 1) == 1)
+
+
+def activation_importance(space: SearchSpace, forward_loop: Callable[[nn.Module], Any],
+                          names: list[str] | None = None) -> dict[str, torch.Tensor]:
+    """``{hparam name: per-channel importance (float64)}`` from data (see the module doc).
+
+    ``forward_loop(model)`` runs the calibration batches through the model (eval mode, no grad; the
+    training flags are put back). Groups that no plain conv/linear layer reads are left out: sort
+    those by their weights.
+    """
+    model = space.model
+    dynamic = space.dynamic_modules()
+    wanted = None if names is None else set(names)
+    targets = {gid: hp for gid, hp in space._built.group_hparams.items()
+               if hp.is_configurable and hp.sortable and (wanted is None or hp.name in wanted)}
+    readers = {mem.module for gid in targets for mem in space.members(gid)
+               if mem.role == "in" and mem.module in dynamic and _reads_channels_plainly(dynamic[mem.module])}
+    sums: dict[str, torch.Tensor] = {}
+    counts: dict[str, int] = {}
+
+    def record(module_name: str, module: nn.Module, inputs: tuple[Any, ...]) -> None:
+        x = inputs[0].detach()
+        dim = x.ndim - 1 if isinstance(module, nn.Linear) else 1
+        mean = x.abs().movedim(dim, 0).reshape(x.shape[dim], -1).mean(1, dtype=torch.float64)
+        sums[module_name] = sums[module_name] + mean if module_name in sums else mean
+        counts[module_name] = counts.get(module_name, 0) + 1
+
+    handles = [dynamic[n].register_forward_pre_hook(lambda m, i, n=n: record(n, m, i)) for n in sorted(readers)]
+    flags = {m: m.training for m in model.modules()}
+    try:
+        model.eval()
+        with torch.no_grad():
+            forward_loop(model)
+    finally:
+        for h in handles:
+            h.remove()
+        for m, flag in flags.items():
+            m.training = flag
+    result: dict[str, torch.Tensor] = {}
+    for gid, hp in targets.items():
+        total = None
+        for mem in space.members(gid):
+            if mem.role != "in" or mem.module not in sums:
+                continue
+            module = dynamic[mem.module]
+            width = mem.size * mem.repeat
+            drive = (sums[mem.module] / counts[mem.module]).narrow(0, mem.offset, width)
+            weight = _tensor(module, "weight")
+            assert weight is not None
+            reads = weight.detach().narrow(1, mem.offset, width).abs().movedim(1, 0).reshape(width, -1)
+            score = (drive.cpu() * reads.sum(1, dtype=torch.float64).cpu()).reshape(mem.size, mem.repeat).sum(1)
+            score = score / (score.max() + 1e-12)
+            total = score if total is None else total + score
+        if total is not None:
+            result[hp.name] = total
+    return result
+
+
 def _permute_group(space: SearchSpace, group_id: int, perm: torch.Tensor) -> None:
     dynamic = space.dynamic_modules()
     done: set[tuple[int, int, int]] = set()  # (storage, dim, offset): a tensor tied between modules moves once
@@ -85,13 +157,16 @@ SortLog = list[tuple[int, torch.Tensor, "torch.Tensor | None"]]
 
 
 def sort_by_importance(
-    space: SearchSpace, names: list[str] | None = None, *, log: SortLog | None = None
+    space: SearchSpace, names: list[str] | None = None, *, log: SortLog | None = None,
+    scores: Mapping[str, torch.Tensor] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Sort the channels of every configurable, sortable channel group (or only those in ``names``).
 
     Returns ``{hparam name: importance in the new order}`` for the groups that were scored. With
     ``log``, every change is appended to it, so that :func:`undo_sort` can put the weights back bit
-    for bit (a failed search must leave the model as it found it).
+    for bit (a failed search must leave the model as it found it). ``scores`` (e.g. from
+    :func:`activation_importance`, in the current channel order) replace the weight norms of the
+    hparams they name.
     """
     if names is not None:
         known = {n for n, _ in space.named_hparams(None)}
@@ -103,7 +178,11 @@ def sort_by_importance(
     for gid, hp in space._built.group_hparams.items():
         if not hp.is_configurable or not hp.sortable or (wanted is not None and hp.name not in wanted):
             continue
-        importance = channel_importance(space, gid)
+        given = None if scores is None else scores.get(hp.name)
+        if given is not None and tuple(given.shape) != (hp.original,):
+            raise SubnetConfigError(f"importance of {hp.name!r} has shape {tuple(given.shape)}; expected "
+                                    f"({hp.original},): one score per channel")
+        importance = given.to(torch.float64).cpu() if given is not None else channel_importance(space, gid)
         if importance is None:
             continue
         perm = torch.argsort(importance, descending=True, stable=True)

@@ -6,7 +6,7 @@ import contextlib
 import copy
 import math
 import random
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager
 from typing import Any, Protocol, runtime_checkable
 
@@ -248,13 +248,23 @@ class SearchSpace:
         return f"SearchSpace({sum(1 for _ in self.named_hparams(True))} hparams, size={self.size()})"
 
     # ---- sorting and export -----------------------------------------------------------------------
-    def sort_by_importance(self, names: list[str] | None = None, *, log: list[Any] | None = None) -> dict[str, torch.Tensor]:
+    def sort_by_importance(self, names: list[str] | None = None, *, log: list[Any] | None = None,
+                           scores: Mapping[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
         """Physically reorder channels so the most important come first (see ``importance``; ``log``
-        records the changes for ``importance.undo_sort``)."""
+        records the changes for ``importance.undo_sort``; ``scores`` replace the weight norms)."""
         self._alive()
         from .importance import sort_by_importance
 
-        return sort_by_importance(self, names, log=log)
+        return sort_by_importance(self, names, log=log, scores=scores)
+
+    def activation_importance(self, forward_loop: Callable[[nn.Module], Any],
+                              names: list[str] | None = None) -> dict[str, torch.Tensor]:
+        """Per-channel importance from calibration data (``importance.activation_importance``), for
+        :meth:`sort_by_importance`'s ``scores``."""
+        self._alive()
+        from .importance import activation_importance
+
+        return activation_importance(self, forward_loop, names)
 
     def undo_sort(self, log: list[Any]) -> None:
         """Put back, bit for bit, every channel order a :meth:`sort_by_importance` with ``log`` changed."""
