@@ -87,8 +87,16 @@ def _counts(model: nn.Module, dummy: torch.Tensor) -> tuple[float, float]:
     return counts["flops"], counts["params"]
 
 
+_VARIANTS: dict[str, dict[str, Any]] = {  # --ours: our search-config variants beside the defaults
+    "defaults": {},
+    "activation": {"importance": "activation"},
+    "cost+boundary": {"selection": ("drop", "cost"), "boundary_evals": 4},
+    "activation+cost+boundary": {"importance": "activation", "selection": ("drop", "cost"), "boundary_evals": 4},
+}
+
+
 def _ours_digits(baseline: nn.Module, budget: str, batch_size: int, bn: str, finetune: int,
-                 image_size: int) -> dict[str, Any]:
+                 image_size: int, extra: dict[str, Any] | None = None) -> dict[str, Any]:
     train, val = digits_loaders(seed=0, image_size=image_size)
     x, y = train.dataset.tensors  # type: ignore[attr-defined]
     calib = DataLoader(TensorDataset(x, y), batch_size=batch_size)
@@ -97,7 +105,7 @@ def _ours_digits(baseline: nn.Module, budget: str, batch_size: int, bn: str, fin
     start = time.perf_counter()
     model, res = prune(copy.deepcopy(baseline), {"flops": budget}, dummy, {
         "score_func": AccuracyScore(val), "data_loader": calib, "max_iter_data_loader": 50,
-        "bn_calibration": bn, "verbose": False})
+        "bn_calibration": bn, "verbose": False, **(extra or {})})
     seconds = time.perf_counter() - start
     model = mo.export(model)
     flops, params = _counts(model, dummy)
@@ -135,10 +143,14 @@ def _digits(args: argparse.Namespace, python: str | None) -> list[list[str]]:
         reused: dict[tuple[int, str, int], dict[str, Any]] = {}  # ModelOpt's run per (loader, budget, fine-tune)
         for setting, (batch_size, bn) in settings:
             for budget in args.budgets.split(","):
-                ours, theirs = [], []
+                variants = args.ours.split(",")
+                ours_by: dict[str, list[dict[str, Any]]] = {v: [] for v in variants}
+                theirs = []
                 finetune = args.finetune_epochs if args.finetune and bn == "each" and batch_size == 16 else 0
                 for _ in range(args.runs):  # interleaved: both see the same load
-                    ours.append(_ours_digits(baseline, budget, batch_size, bn, finetune, 16))
+                    for variant in variants:
+                        ours_by[variant].append(_ours_digits(baseline, budget, batch_size, bn, finetune, 16,
+                                                             _VARIANTS[variant]))
                     key = (batch_size, budget, finetune)
                     if python is not None and not args.quick and (key not in reused or args.runs > 1):
                         reused[key] = _run_modelopt(python, [
@@ -148,9 +160,10 @@ def _digits(args: argparse.Namespace, python: str | None) -> list[list[str]]:
                     if key in reused:
                         theirs.append(reused[key])
                 theirs = [t for t in theirs if "error" not in t] or theirs
-                ratio = (f"{_median(ours, 'search_s') / _median(theirs, 'search_s'):.2f}"
-                         if theirs and "search_s" in theirs[0] else "-")
-                for who, runs in (("modeopt", ours), ("ModelOpt 0.47", theirs)):
+                ratios = {v: (f"{_median(r, 'search_s') / _median(theirs, 'search_s'):.2f}"
+                              if theirs and "search_s" in theirs[0] else "-") for v, r in ours_by.items()}
+                entries = [(f"modeopt ({v})" if v != "defaults" else "modeopt", r, ratios[v]) for v, r in ours_by.items()]
+                for who, runs, ratio in (*entries, ("ModelOpt 0.47", theirs, "")):
                     if not runs:
                         continue
                     if "error" in runs[0]:
@@ -160,9 +173,9 @@ def _digits(args: argparse.Namespace, python: str | None) -> list[list[str]]:
                         setting, budget, who, _cell(runs, "search_s", ".1f"), _cell(runs, "score_evals", ".0f"),
                         _cell(runs, "flops_ratio", ".1%"), _cell(runs, "params_ratio", ".1%"),
                         _cell(runs, "accuracy_out", ".2f"), _cell(runs, "accuracy_finetuned", ".2f"),
-                        _cell(runs, "boundary_evals", ".0f"), ratio if who == "modeopt" else "",
+                        _cell(runs, "boundary_evals", ".0f"), ratio,
                     ])
-                for r in ours:
+                for r in ours_by[variants[0]]:
                     t = r["timings"]
                     print(f"  ours {setting} {budget}: sensitivity {t.get('sensitivity_s', 0):.1f} s (records "
                           f"{t.get('downstream_recorded_s', 0):.1f} s, downstream evaluations "
@@ -257,10 +270,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--import-runs", type=int, default=5)
     parser.add_argument("--modelopt-python", default=None, help="python of a venv with nvidia-modelopt 0.47")
     parser.add_argument("--cache", default=None, help="digits baseline cache folder")
+    parser.add_argument("--ours", default="defaults",
+                        help="comma-separated variants of our digits search: " + ", ".join(_VARIANTS) + " (default: defaults)")
     args = parser.parse_args(argv)
     set_threads(args.threads)
     if args.quick:
         args.runs, args.epochs, args.budgets = 1, 1, args.budgets.split(",")[0]
+    bad = sorted(set(args.ours.split(",")) - set(_VARIANTS))
+    if bad:
+        parser.error(f"unknown --ours variants {bad}; choose from {', '.join(_VARIANTS)}")
     parts = args.parts.split(",")
     unknown = sorted(set(parts) - set(_PARTS))
     if unknown:

@@ -245,3 +245,13 @@ def test_activation_importance_needs_data() -> None:
     with pytest.raises(mo.ConfigError, match="importance='gradient' is invalid"):
         prune(model, {"flops": "50%"}, torch.zeros(INPUT_SHAPE), {"score_func": WidthScore({}), "importance": "gradient"})
     assert mo.applied_modes(model) == []
+
+
+def test_data_free_activation_importance_uses_the_scores_batches() -> None:
+    from modeopt_fastnas import OutputAgreement, random_inputs
+
+    model = _dead_channels()
+    x = random_inputs((8, *INPUT_SHAPE[1:]), num_batches=2, seed=1)
+    _, res = prune(mo.apply_mode(model, ["fastnas"]), {"flops": "70%"}, torch.zeros(INPUT_SHAPE), {
+        "score_func": OutputAgreement(_dead_channels(), x), "importance": "activation", "verbose": False})
+    assert abs(res["sensitivity_map"]["conv1.out_channels"][14]) < 1e-6

@@ -24,6 +24,7 @@ Phases of :meth:`BinarySearcher.search` on a model converted with the ``fastnas`
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import logging
 import math
@@ -56,6 +57,7 @@ from modeopt_core.sdk import (
 )
 
 from .boundary import BoundarySelector
+from .scores import BatchScore, model_outputs
 from .downstream import DEFAULT_CACHE_MB
 from .map_builder import SensitivityMapBuilder
 from .selection import SELECTION_ORDERS
@@ -102,7 +104,8 @@ class BinarySearcher(SensitivityMapBuilder, BoundarySelector):
       ``latency`` entry (``LATENCY_REPORT_MODES``; ``"visited"`` adds every binary-search step).
     * ``importance`` (default ``"weight"``): how channels are ranked before the map: ``"weight"`` by the
       L1 norms of the weights producing them, ``"activation"`` by their contribution on the
-      calibration data (mean absolute input times the weights reading it; needs data).
+      calibration data (mean absolute input times the weights reading it), or without data on the
+      batches of a ready score object (:class:`~modeopt_fastnas.BatchScore`).
     * ``latency_verify`` (default 4): with a ``latency`` limit, the most times the chosen subnet's export
       is timed against the original's; when it misses the limit as measured, the latency model is
       refitted through the measurement and the bisection runs again
@@ -209,9 +212,10 @@ class BinarySearcher(SensitivityMapBuilder, BoundarySelector):
         if merged["importance"] not in IMPORTANCE_KINDS:
             raise ConfigError(f"search config importance={merged['importance']!r} is invalid; expected one of "
                               f"{IMPORTANCE_KINDS}")
-        if merged["importance"] == "activation" and not has_data:
+        if merged["importance"] == "activation" and not has_data and not isinstance(merged["score_func"], BatchScore):
             raise ConfigError("search config importance='activation' ranks channels on calibration data: pass "
-                              "data_loader (or forward_loop), or use importance='weight'")
+                              "data_loader (or forward_loop), a ready score object (its batches are used), or use "
+                              "importance='weight'")
         selection = merged["selection"]
         if isinstance(selection, str):
             selection = (selection,)
@@ -317,8 +321,11 @@ class BinarySearcher(SensitivityMapBuilder, BoundarySelector):
         with self._restore_on_error():  # the sort is function-preserving, but a failed search undoes it too
             scores = None
             if self.config["importance"] == "activation":
-                assert self.forward_loop is not None  # checked with the config
-                scores = space.activation_importance(self.forward_loop, list(self._targets))
+                loop = self.forward_loop
+                if loop is None:  # data-free: the score's own batches (checked with the config)
+                    score = self.config["score_func"]
+                    loop = functools.partial(model_outputs, inputs=score.inputs)
+                scores = space.activation_importance(loop, list(self._targets))
             space.sort_by_importance(list(self._targets), log=self._sort_log, scores=scores)
         self._timings["sort_s"] = time.perf_counter() - t0
         self._bn_snapshot = [
