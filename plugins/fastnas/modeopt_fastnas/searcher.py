@@ -57,9 +57,9 @@ from modeopt_core.sdk import (
 )
 
 from .boundary import BoundarySelector
-from .scores import BatchScore, model_outputs
 from .downstream import DEFAULT_CACHE_MB
 from .map_builder import SensitivityMapBuilder
+from .scores import BatchScore, model_outputs
 from .selection import SELECTION_ORDERS
 from .sensitivity import monotone_drops, subnet_for_threshold
 
