@@ -51,6 +51,12 @@ class FastNASSearcherState(IterativeSearcher):
         self._boundary_evals = 0
         self._chosen_order = "drop"
 
+    def _reset_bisection(self) -> None:
+        """Forget the binary search's iterations, best subnet and cached constraint checks (the map stays)."""
+        self.iter_num, self.history, self.best, self.stopped_early = 0, [], None, False
+        self.thresholds_visited, self._best_key = [], None
+        self.forget_evaluations()
+
     @property
     def _bn_mode(self) -> str:
         mode = self.config["bn_calibration"]

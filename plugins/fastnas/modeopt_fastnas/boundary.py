@@ -102,10 +102,7 @@ class BoundarySelector(FastNASSearcherState):
             return
 
         def choose() -> dict[str, int]:
-            # a fresh bisection under the refitted model: earlier constraint checks are stale
-            self.iter_num, self.history, self.best, self.stopped_early = 0, [], None, False
-            self.thresholds_visited, self._best_key = [], None
-            self.forget_evaluations()
+            self._reset_bisection()  # under the refitted model the earlier constraint checks are stale
             self._binary_search()
             assert self.best is not None  # the bisection only keeps lists with a fitting threshold
             return dict(self.best["config"])

@@ -290,9 +290,7 @@ class BinarySearcher(SensitivityMapBuilder, BoundarySelector):
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Keeps the map and the original score; the binary search (milliseconds) always runs afresh."""
         super().load_state_dict(state)
-        self.iter_num, self.history, self.best, self.stopped_early = 0, [], None, False
-        self.thresholds_visited = []
-        self.forget_evaluations()
+        self._reset_bisection()
 
     # ----------------------------------------------------------------- lifecycle
     def before_search(self) -> None:

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 from modeopt_core import ConstraintError, distributed
 
@@ -33,6 +33,17 @@ _log = logging.getLogger(__name__)
 
 CLOSE_BELOW = 0.03
 """A measured hit within this fraction below the limit ends the refits: the subnet is as large as it gets."""
+
+
+class _Measured(NamedTuple):
+    config: dict[str, int]
+    line: tuple[float, float]  # (slope, offset) under which the search chose it
+    raw: float  # its table sum
+    record: dict[str, Any]
+
+    @property
+    def ms(self) -> float:
+        return float(self.record["at_reference_ms"])
 
 
 def _measure_round(model: Any, config: Mapping[str, int], limit_ms: float) -> dict[str, Any]:
@@ -101,29 +112,27 @@ def meet_latency_limit(
         "refits": int, "subnet": the final subnet, "chosen_round": the index of its measurement}``.
         The model is left with the line under which ``choose()`` returns that subnet.
     """
-    tried: list[tuple[dict[str, int], tuple[float, float], float, dict[str, Any]]] = []  # config, line, sum, record
+    tried: list[_Measured] = []
     current = dict(config)
     refits = 0
     for i in range(rounds):
         record = _measure_round(model, current, limit_ms)
-        tried.append((current, (model.slope, model.offset), model.raw_latency(current), record))
+        tried.append(_Measured(current, (model.slope, model.offset), model.raw_latency(current), record))
         _log.log(log_level, "latency check %d: predicted %.3f ms, measured %.3f ms at the reference (%.3f of the "
                  "original; limit %.3f ms)", i + 1, record["predicted_ms"], record["at_reference_ms"],
                  record["measured_ratio"], limit_ms)
-        hits = [t for t in tried if t[3]["met"]]
-        misses = [t for t in tried if not t[3]["met"]]
-        below = max(hits, key=lambda t: t[3]["at_reference_ms"]) if hits else None
-        if i == rounds - 1 or (below is not None and below[3]["at_reference_ms"] >= (1 - CLOSE_BELOW) * limit_ms):
+        below = max((t for t in tried if t.record["met"]), key=lambda t: t.ms, default=None)
+        above = min((t for t in tried if not t.record["met"]), key=lambda t: t.ms, default=None)
+        if i == rounds - 1 or (below is not None and below.ms >= (1 - CLOSE_BELOW) * limit_ms):
             break  # no measurement left, or a hit close below the limit: as large as it gets
-        above = min(misses, key=lambda t: t[3]["at_reference_ms"]) if misses else None
-        if above is None and below is not None and _predicted_right(below[3]):
+        if above is None and below is not None and _predicted_right(below.record):
             break  # all hits, and the model was right about them: a larger subnet would not fit
         if below is not None and above is not None:  # a bracket
-            fitted = _fit_line(model, [(below[2], below[3]["at_reference_ms"]), (above[2], above[3]["at_reference_ms"])])
+            fitted = _fit_line(model, [(below.raw, below.ms), (above.raw, above.ms)])
         else:  # all misses (or all hits far below): through the original and the closest one
             closest = above if above is not None else below
             assert closest is not None
-            fitted = refit_through(model, closest[0], closest[3]["at_reference_ms"])
+            fitted = refit_through(model, closest.config, closest.ms)
         if not fitted:
             break
         refits += 1
@@ -132,23 +141,22 @@ def meet_latency_limit(
         except ConstraintError:
             record["no_subnet_after_refit"] = True
             break
-        if any(chosen == t[0] for t in tried):
+        if any(chosen == t.config for t in tried):
             break  # the search gives a subnet already measured: nothing new to learn
         current = chosen
-    hits = [t for t in tried if t[3]["met"]]
-    final = max(hits, key=lambda t: t[3]["at_reference_ms"]) if hits else tried[-1]
-    if (model.slope, model.offset) != final[1] or final[0] != current:
-        _set_line(model, *final[1])
+    final = max((t for t in tried if t.record["met"]), key=lambda t: t.ms, default=tried[-1])
+    if (model.slope, model.offset) != final.line or final.config != current:
+        _set_line(model, *final.line)
         again = dict(choose())  # the search's own state (best, history) for that subnet
-        assert again == final[0], "choose() must be deterministic under a given line"
+        assert again == final.config, "choose() must be deterministic under a given line"
     index = next(i for i, t in enumerate(tried) if t is final)
-    met = final[3]["met"]
+    met = final.record["met"]
     if not met:
-        last = final[3]
+        last = final.record
         _log.warning(
             "the chosen subnet measured %.3f ms (%.1f%% of the original) against a latency limit of %.3f ms after "
             "%d measurement(s): the budget is not met on this machine as measured; lower the limit, allow narrower "
             "layers, or raise latency_verify", last["at_reference_ms"], 100 * last["measured_ratio"], limit_ms,
             len(tried))
-    return {"met": met, "rounds": [t[3] for t in tried], "refits": refits, "subnet": dict(final[0]),
+    return {"met": met, "rounds": [t.record for t in tried], "refits": refits, "subnet": dict(final.config),
             "chosen_round": index}
