@@ -96,3 +96,18 @@ def test_measured_choices_close_in_on_the_limit(fraction: float, tmp_path: Path)
             assert slope * raw + offset == pytest.approx(ms, rel=1e-9)
     # the result is as large as the measurements allow: no measured hit is slower
     assert rounds[check["chosen_round"]]["at_reference_ms"] >= rounds[0]["at_reference_ms"] or not rounds[0]["met"]
+
+
+def test_without_any_hit_the_closest_miss_is_kept(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    model = LatencyModel.build(get_search_space(mo.apply_mode(tiny_cnn(), ["fastnas"])), torch.zeros(INPUT_SHAPE),
+                               timer=OpCostTimer(activation_element_s=1e-7), cache_dir=tmp_path, **FAST)
+    smallest = {n: hp.min for n, hp in model._space.named_hparams(True)}
+    measured = model.measure([model.original_config(), smallest], runs=1)
+    limit = 0.98 * measured[1] / measured[0] * model.reference_ms  # even the smallest subnet misses as measured
+    choose = _exhaustive(model, 10 * limit)  # a search that believes far more fits than does
+    with caplog.at_level("WARNING"):
+        check = meet_latency_limit(model, limit, choose(), choose, rounds=4)
+    rounds = check["rounds"]
+    assert not check["met"] and not any(r["met"] for r in rounds) and len(rounds) > 1
+    assert rounds[check["chosen_round"]] is min(rounds, key=lambda r: r["at_reference_ms"])
+    assert choose() == check["subnet"] and "not met" in caplog.text

@@ -9,10 +9,10 @@ whole network). :func:`meet_latency_limit` closes the loop with the measured lat
 2. while no measured choice lies close below the limit (within :data:`CLOSE_BELOW`), the model's
    line ``slope * table_sum + offset`` is refitted through two measured points: the closest miss and
    the closest hit (a bracket, as in regula falsi) once there are both, else the original (the
-   anchor) and the closest miss, or the closest hit when all fell far below the limit; the search
-   then chooses again under the refitted line;
+   anchor) and the newest measurement (all misses, or all hits far below the limit); the search then
+   chooses again under the refitted line;
 3. the result is the measured hit closest to the limit (the largest subnet that meets it), else the
-   last choice, with a warning.
+   measured miss closest to it, with a warning.
 
 Every measurement is a ratio to the original timed in the same round, mapped back to the reference
 (the original's latency when the model was calibrated): a machine that got slower or faster since the
@@ -129,10 +129,9 @@ def meet_latency_limit(
             break  # all hits, and the model was right about them: a larger subnet would not fit
         if below is not None and above is not None:  # a bracket
             fitted = _fit_line(model, [(below.raw, below.ms), (above.raw, above.ms)])
-        else:  # all misses (or all hits far below): through the original and the closest one
-            closest = above if above is not None else below
-            assert closest is not None
-            fitted = refit_through(model, closest.config, closest.ms)
+        else:  # one-sided: through the original and the newest measurement, which the current line got
+            # wrong, so the next choice differs (the closest one may give back a line already tried)
+            fitted = refit_through(model, current, record["at_reference_ms"])
         if not fitted:
             break
         refits += 1
@@ -144,7 +143,7 @@ def meet_latency_limit(
         if any(chosen == t.config for t in tried):
             break  # the search gives a subnet already measured: nothing new to learn
         current = chosen
-    final = max((t for t in tried if t.record["met"]), key=lambda t: t.ms, default=tried[-1])
+    final = max((t for t in tried if t.record["met"]), key=lambda t: t.ms, default=None) or min(tried, key=lambda t: t.ms)
     if (model.slope, model.offset) != final.line or final.config != current:
         _set_line(model, *final.line)
         again = dict(choose())  # the search's own state (best, history) for that subnet
