@@ -36,6 +36,13 @@ def _counts(model: torch.nn.Module, dummy: torch.Tensor) -> tuple[float, float]:
     return float(counter.get_total_flops()), float(sum(p.numel() for p in model.parameters()))
 
 
+def _widths(model: torch.nn.Module) -> dict[str, int]:
+    """Output width of every conv/linear of ``model`` (to compare where each tool prunes)."""
+    layers = (torch.nn.Conv2d, torch.nn.Linear)
+    return {n: getattr(m, "out_channels", getattr(m, "out_features", 0))
+            for n, m in model.named_modules() if isinstance(m, layers)}
+
+
 def _digits(args: argparse.Namespace) -> dict[str, Any]:
     import modelopt.torch.prune as mtp
     from safetensors.torch import load_file
@@ -69,7 +76,7 @@ def _digits(args: argparse.Namespace) -> dict[str, Any]:
     straight = accuracy(model, val)
     out = {"search_s": seconds, "score_evals": evals[0], "flops_ratio": flops / base_flops,
            "params_ratio": params / base_params, "accuracy_out": straight, "bn_skipped_warnings": skipped,
-           "calib_batches": len(calib)}
+           "calib_batches": len(calib), "widths": _widths(model)}
     recalibrate_batchnorm(model, make_forward_loop(calib, max_batches=50), min_batches=1)
     out["accuracy_bn"] = accuracy(model, val)
     if args.finetune_epochs:

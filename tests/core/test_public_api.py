@@ -28,7 +28,7 @@ EXPECTED = {
 SDK = {
     "CONSTRAINT_NAMES", "DEFAULT_MIN_CALIBRATION_BATCHES", "SEARCH_CHECKPOINT_KIND", "ForwardLoop", "SearchConfig",
     "candidate_key", "check_bool", "check_callable", "check_float", "check_int", "check_known_keys", "check_path",
-    "default_collect_func", "device_name", "load_object", "model_device", "progress", "run_with_dummy_input", "time_interleaved",
+    "default_collect_func", "device_name", "lazy_exports", "load_object", "model_device", "progress", "run_with_dummy_input", "time_interleaved",
     "unpack_dummy_input",
     # search-state schema pieces, failure safety
     "CandidateRecord", "FiniteFloat", "NonNegativeInt", "SubnetConfig", "state_error", "rollback_on_error",

@@ -4,7 +4,8 @@ Two layers live in this distribution. :mod:`modeopt_autonas.space` is the NAS se
 modules, tied-channel analysis, ``select``/``sample``/``export_nas``, profiling) that FastNAS and
 third-party modes build on; its names are re-exported here. The AutoNAS algorithm on top of it
 (``autonas`` mode, supernet sampling, evolutionary/random search) is imported lazily, on first use of
-one of its names, so that ``import modeopt_autonas`` (or FastNAS) does not load it.
+one of its names, so that ``import modeopt_autonas`` (or FastNAS) does not load it; so are the space's
+names (``import modeopt_autonas`` costs almost nothing until a name is used).
 
 Typical use (see ``docs/autonas.md``)::
 
@@ -20,53 +21,61 @@ Typical use (see ``docs/autonas.md``)::
 
 from __future__ import annotations
 
-import importlib as _importlib
 import typing as _typing
 
-from . import space
-from .space import (
-    AnalysisInputError,
-    ChannelRule,
-    DepthRule,
-    ExportConfig,
-    ExportNASMode,
-    FeatureRule,
-    HparamValueError,
-    SearchSpace,
-    SearchSpaceError,
-    SpaceExportedError,
-    StructureMismatchError,
-    SubnetConfigError,
-    SubnetProfiler,
-    analyze,
-    get_search_space,
-    get_subnet_config,
-    has_search_space,
-    print_search_space,
-    profile_search_space,
-    profile_subnet,
-    recalibrate_bn,
-    sample,
-    search_space_size,
-    select,
-)
+from modeopt_core.sdk import lazy_exports as _lazy_exports
 
 if _typing.TYPE_CHECKING:
+    from . import space
     from .modes import AutoNASConfig, AutoNASMode
     from .searchers import EvolveSearcher, NASSearcher, RandomSearcher
+    from .space import (
+        AnalysisInputError,
+        ChannelRule,
+        DepthRule,
+        ExportConfig,
+        ExportNASMode,
+        FeatureRule,
+        HparamValueError,
+        SearchSpace,
+        SearchSpaceError,
+        SpaceExportedError,
+        StructureMismatchError,
+        SubnetConfigError,
+        SubnetProfiler,
+        analyze,
+        get_search_space,
+        get_subnet_config,
+        has_search_space,
+        print_search_space,
+        profile_search_space,
+        profile_subnet,
+        recalibrate_bn,
+        sample,
+        search_space_size,
+        select,
+    )
     from .training import SAMPLING_SCHEDULES, StaleBatchNormWarning, pause_sampling
 
-#: the AutoNAS algorithm's public names -> the module defining them (imported on first access)
-_LAZY = {
-    "AutoNASConfig": "modes",
-    "AutoNASMode": "modes",
-    "EvolveSearcher": "searchers",
-    "NASSearcher": "searchers",
-    "RandomSearcher": "searchers",
-    "SAMPLING_SCHEDULES": "training",
-    "StaleBatchNormWarning": "training",
-    "pause_sampling": "training",
+#: the module defining each public name (the imports above, for type checkers, say the same)
+_EXPORTS: dict[str, tuple[str, ...]] = {
+    "space": (
+        "AnalysisInputError", "ChannelRule", "DepthRule", "ExportConfig", "ExportNASMode", "FeatureRule",
+        "HparamValueError", "SearchSpace", "SearchSpaceError", "SpaceExportedError", "StructureMismatchError",
+        "SubnetConfigError", "SubnetProfiler", "analyze", "get_search_space", "get_subnet_config", "has_search_space",
+        "print_search_space", "profile_search_space", "profile_subnet", "recalibrate_bn", "sample",
+        "search_space_size", "select",
+    ),
+    "modes": ("AutoNASConfig", "AutoNASMode"),
+    "searchers": ("EvolveSearcher", "NASSearcher", "RandomSearcher"),
+    "training": ("SAMPLING_SCHEDULES", "StaleBatchNormWarning", "pause_sampling"),
 }
+_SUBMODULES = ("space",)
+
+if not _typing.TYPE_CHECKING:  # type checkers see the imports above; a typo'd name stays an error for them
+    __getattr__, __dir__ = _lazy_exports(
+        __name__, {name: module for module, names in _EXPORTS.items() for name in names}, _SUBMODULES
+    )
 
 __all__ = [
     "SAMPLING_SCHEDULES",
@@ -104,15 +113,3 @@ __all__ = [
     "space",
 ]
 
-
-def __getattr__(name: str) -> _typing.Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(_importlib.import_module(f"{__name__}.{module}"), name)
-    globals()[name] = value  # later lookups skip this function
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))

@@ -26,65 +26,108 @@ import AutoNAS's supernet training or evolutionary search (``modeopt_autonas.mod
 
 from __future__ import annotations
 
-from .analysis import AnalysisInputError, AnalysisReport, AnalysisResult, analyze
-from .api import (
-    DEFAULT_CALIBRATION_BATCHES,
-    get_subnet_config,
-    print_search_space,
-    profile_search_space,
-    profile_subnet,
-    recalibrate_bn,
-    sample,
-    search_space_size,
-    select,
-)
-from .dynamic import BUILTIN_LAYER_TYPES, DynamicModule, attr_view, buffer_view, is_dynamic, param_view
-from .errors import (
-    DynamicAttributeError,
-    HparamValueError,
-    SearchSpaceError,
-    SpaceExportedError,
-    StructureMismatchError,
-    SubnetConfigError,
-)
-from .hparam import Hparam, make_divisible
-from .huggingface import describe_exported, is_huggingface
-from .latency import (
-    LATENCY_OPTIONS,
-    LATENCY_REPORT_MODES,
-    LatencyCacheError,
-    LatencyCacheWarning,
-    LatencyModel,
-    default_latency_cache_dir,
-    meet_latency_limit,
-)
-from .layers import (
-    LAYERS,
-    RULE_KEYS,
-    LayerRegistry,
-    LayerSpec,
-    LayerType,
-    channel_norm_spec,
-    conv_spec,
-    group_norm_spec,
-    layer_norm_spec,
-    linear_spec,
-)
-from .mode import ExportNASMode, NASModeBase, get_search_space, has_search_space
-from .profile import SubnetProfiler
-from .rules import (
-    ChannelRule,
-    DepthRule,
-    ExportConfig,
-    FeatureRule,
-    KernelSize,
-    NASRuleConfig,
-    Ratio,
-    module_type_alias,
-    nas_rules,
-)
-from .search_space import SAMPLE_MODES, SearchSpace, SubnetDriver
-from .structure import SpaceStructure
+import typing as _typing
+
+from modeopt_core.sdk import lazy_exports as _lazy_exports
+
+if _typing.TYPE_CHECKING:
+    from .analysis import AnalysisInputError, AnalysisReport, AnalysisResult, analyze
+    from .api import (
+        DEFAULT_CALIBRATION_BATCHES,
+        get_subnet_config,
+        print_search_space,
+        profile_search_space,
+        profile_subnet,
+        recalibrate_bn,
+        sample,
+        search_space_size,
+        select,
+    )
+    from .dynamic import BUILTIN_LAYER_TYPES, DynamicModule, attr_view, buffer_view, is_dynamic, param_view
+    from .errors import (
+        DynamicAttributeError,
+        HparamValueError,
+        SearchSpaceError,
+        SpaceExportedError,
+        StructureMismatchError,
+        SubnetConfigError,
+    )
+    from .hparam import Hparam, make_divisible
+    from .huggingface import describe_exported, is_huggingface
+    from .latency import (
+        LATENCY_OPTIONS,
+        LATENCY_REPORT_MODES,
+        LatencyCacheError,
+        LatencyCacheWarning,
+        LatencyModel,
+        default_latency_cache_dir,
+        meet_latency_limit,
+    )
+    from .layers import (
+        LAYERS,
+        RULE_KEYS,
+        LayerRegistry,
+        LayerSpec,
+        LayerType,
+        channel_norm_spec,
+        conv_spec,
+        group_norm_spec,
+        layer_norm_spec,
+        linear_spec,
+    )
+    from .mode import ExportNASMode, NASModeBase, get_search_space, has_search_space
+    from .profile import SubnetProfiler
+    from .rules import (
+        ChannelRule,
+        DepthRule,
+        ExportConfig,
+        FeatureRule,
+        KernelSize,
+        NASRuleConfig,
+        Ratio,
+        module_type_alias,
+        nas_rules,
+    )
+    from .search_space import SAMPLE_MODES, SearchSpace, SubnetDriver
+    from .structure import SpaceStructure
+
+#: the submodule defining each public name (the imports above, for type checkers, say the same)
+_EXPORTS: dict[str, tuple[str, ...]] = {
+    "analysis": ("AnalysisInputError", "AnalysisReport", "AnalysisResult", "analyze"),
+    "api": (
+        "DEFAULT_CALIBRATION_BATCHES", "get_subnet_config", "print_search_space", "profile_search_space",
+        "profile_subnet", "recalibrate_bn", "sample", "search_space_size", "select",
+    ),
+    "dynamic": ("BUILTIN_LAYER_TYPES", "DynamicModule", "attr_view", "buffer_view", "is_dynamic", "param_view"),
+    "errors": (
+        "DynamicAttributeError", "HparamValueError", "SearchSpaceError", "SpaceExportedError",
+        "StructureMismatchError", "SubnetConfigError",
+    ),
+    "hparam": ("Hparam", "make_divisible"),
+    "huggingface": ("describe_exported", "is_huggingface"),
+    "latency": (
+        "LATENCY_OPTIONS", "LATENCY_REPORT_MODES", "LatencyCacheError", "LatencyCacheWarning", "LatencyModel",
+        "default_latency_cache_dir", "meet_latency_limit",
+    ),
+    "layers": (
+        "LAYERS", "RULE_KEYS", "LayerRegistry", "LayerSpec", "LayerType", "channel_norm_spec", "conv_spec",
+        "group_norm_spec", "layer_norm_spec", "linear_spec",
+    ),
+    "mode": ("ExportNASMode", "NASModeBase", "get_search_space", "has_search_space"),
+    "profile": ("SubnetProfiler",),
+    "rules": (
+        "ChannelRule", "DepthRule", "ExportConfig", "FeatureRule", "KernelSize", "NASRuleConfig", "Ratio",
+        "module_type_alias", "nas_rules",
+    ),
+    "search_space": ("SAMPLE_MODES", "SearchSpace", "SubnetDriver"),
+    "structure": ("SpaceStructure",),
+}
+_SUBMODULES: tuple[str, ...] = ()
+
+if not _typing.TYPE_CHECKING:  # type checkers see the imports above; a typo'd name stays an error for them
+    __getattr__, __dir__ = _lazy_exports(
+        __name__, {name: module for module, names in _EXPORTS.items() for name in names}, _SUBMODULES
+    )
 
 __all__ = [
     "BUILTIN_LAYER_TYPES",
