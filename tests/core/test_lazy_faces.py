@@ -13,8 +13,6 @@ from pathlib import Path
 
 import pytest
 
-from modeopt_core.sdk import lazy_exports
-
 FACES = ("modeopt_core", "modeopt_core.sdk", "modeopt_autonas", "modeopt_autonas.space", "modeopt_fastnas")
 
 

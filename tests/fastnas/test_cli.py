@@ -75,6 +75,18 @@ def test_prune_to_a_latency_budget_on_this_machine(tmp_path: Path, capsys: pytes
     assert _flops(restore(tiny_cnn(), out)) <= 0.9 * _flops(tiny_cnn())
 
 
+def test_prune_in_stages(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "staged.safetensors"
+    status = main(["-q", "prune", "--model", "tests.fastnas._models:tiny_cnn", "--input-shape", "1,3,8,8",
+                   "--flops", "35%", "--stages", "2", "--out", str(out)])
+    text = capsys.readouterr().out
+    assert status == 0, text
+    assert "  stage 1: FLOPs " in text and "  stage 2: FLOPs " in text
+    model = restore(tiny_cnn(), out)
+    assert mo.applied_modes(model) == ["fastnas", "export_nas", "fastnas", "export_nas"]
+    assert _flops(model) <= 0.35 * _flops(tiny_cnn())
+
+
 @pytest.mark.parametrize(("args", "message"), [
     (["--model", "no_such_module_xyz:f", "--flops", "50%"], "--model 'no_such_module_xyz:f': cannot import"),
     (["--model", "tests.fastnas._models", "--flops", "50%"], "must look like MODULE:NAME"),
@@ -83,6 +95,8 @@ def test_prune_to_a_latency_budget_on_this_machine(tmp_path: Path, capsys: pytes
     (["--model", "tests.fastnas._models:tiny_cnn", "--latency", "50%", "--threads", "0"], "--threads must be >= 1"),
     (["--model", "tests.fastnas._models:tiny_cnn", "--flops", "1%"], "cannot be met: the smallest subnet"),
     (["--model", "tests.fastnas._models:tiny_cnn", "--latency", "50%", "--latency-verify", "-1"], "latency_verify"),
+    (["--model", "tests.fastnas._models:tiny_cnn", "--flops", "50%", "--stages", "0"], "'stages' must be an int >= 1"),
+    (["--model", "tests.fastnas._models:tiny_cnn", "--latency", "50%", "--stages", "2"], "use stages=1"),
 ])
 def test_prune_errors_are_one_line(args: list[str], message: str, tmp_path: Path,
                                    capsys: pytest.CaptureFixture[str]) -> None:

@@ -76,6 +76,10 @@ def configure_prune(parser: argparse.ArgumentParser) -> None:
                         help="with --latency: time the chosen subnet against the original up to N times; while it "
                              "misses the budget as measured, refit the latency model and search again (default 4; "
                              "0 trusts the prediction)")
+    parser.add_argument("--stages", type=int, default=1, metavar="N",
+                        help="prune in N steps to budgets falling geometrically, with a new sensitivity map of each "
+                             "step's result (better at aggressive budgets, about N times the evaluations; "
+                             "--flops/--params only; default 1)")
     parser.add_argument("--threads", type=int, metavar="N",
                         help="torch intra-op threads for the search and the latency measurements (default: torch's)")
     parser.add_argument("--out", required=True, type=Path, metavar="FILE",
@@ -139,7 +143,7 @@ def run_prune(args: argparse.Namespace) -> int:
     try:
         start = time.perf_counter()
         with _no_kv_cache(model):  # the search's forwards need no cache of keys and values
-            model, results = prune(model, constraints, dummy, config, mode_config=mode_config)
+            model, results = prune(model, constraints, dummy, config, mode_config=mode_config, stages=args.stages)
         elapsed = time.perf_counter() - start
     finally:
         torch.set_num_threads(threads)
@@ -152,6 +156,10 @@ def run_prune(args: argparse.Namespace) -> int:
               f"({results['num_score_evals']} score evaluations, {score_name})\n")
     out.write(f"  FLOPs   {f['before']:>14,} -> {f['after']:>14,}  ({100 * results['flops_ratio']:.1f}%)\n")
     out.write(f"  params  {p['before']:>14,} -> {p['after']:>14,}  ({100 * results['params_ratio']:.1f}%)\n")
+    for stage in results.get("stages", []):
+        out.write(f"  stage {stage['stage']}: FLOPs {100 * stage['flops_ratio']:.1f}%, params "
+                  f"{100 * stage['params_ratio']:.1f}%, {stage['num_score_evals']} evaluations, "
+                  f"{stage['seconds']:.1f} s\n")
     if "latency" in results:
         out.write(_latency_line(results["latency"]))
     out.write(f"  score   {results['original_score']:>14.4g} -> predicted >= {results['predicted_score']:.4g} "
