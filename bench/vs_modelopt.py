@@ -92,6 +92,8 @@ _VARIANTS: dict[str, dict[str, Any]] = {  # --ours: our search-config variants b
     "activation": {"importance": "activation"},
     "cost+boundary": {"selection": ("drop", "cost"), "boundary_evals": 4},
     "activation+cost+boundary": {"importance": "activation", "selection": ("drop", "cost"), "boundary_evals": 4},
+    "stages2": {"stages": 2},  # prune(..., stages=2): a second map of the first stage's result
+    "activation+stages2": {"importance": "activation", "stages": 2},
 }
 
 
@@ -102,10 +104,12 @@ def _ours_digits(baseline: nn.Module, budget: str, batch_size: int, bn: str, fin
     calib = DataLoader(TensorDataset(x, y), batch_size=batch_size)
     dummy = torch.zeros(1, 1, image_size, image_size)
     base_flops, base_params = _counts(baseline, dummy)
+    extra = dict(extra or {})
+    stages = extra.pop("stages", 1)
     start = time.perf_counter()
     model, res = prune(copy.deepcopy(baseline), {"flops": budget}, dummy, {
         "score_func": AccuracyScore(val), "data_loader": calib, "max_iter_data_loader": 50,
-        "bn_calibration": bn, "verbose": False, **(extra or {})})
+        "bn_calibration": bn, "verbose": False, **extra}, stages=stages)
     seconds = time.perf_counter() - start
     model = mo.export(model)
     flops, params = _counts(model, dummy)
