@@ -278,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
     add_common_args(parser, runs=1)
     parser.add_argument("--parts", default=",".join(_PARTS), help="comma-separated: " + ", ".join(_PARTS))
     parser.add_argument("--budgets", default="50%,30%", help="digits FLOPs budgets (default 50%%,30%%)")
-    parser.add_argument("--epochs", type=int, default=12, help="digits baseline epochs (default 12)")
+    parser.add_argument("--epochs", type=int, default=30, help="digits baseline epochs (default 30: 99.33%% validation accuracy)")
     parser.add_argument("--lr", type=float, default=0.05, help="digits baseline learning rate (default 0.05)")
     parser.add_argument("--finetune", action="store_true", help="fine-tune the 75-batch-loader results")
     parser.add_argument("--finetune-epochs", type=int, default=5)
