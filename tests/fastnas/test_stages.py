@@ -96,6 +96,7 @@ def test_each_stage_resumes_from_its_own_checkpoint(tmp_path: Path) -> None:
     x = torch.randn(4, *INPUT_SHAPE[1:])
     assert torch.equal(first.eval()(x), second.eval()(x))
     assert res2["num_score_evals"] < res1["num_score_evals"]  # the maps came from the checkpoints
+    assert res2["num_score_evals_total"] == res1["num_score_evals_total"] == res1["num_score_evals"]
 
 
 @pytest.mark.parametrize("stages", [0, -1, 1.5, "2", True])

@@ -63,7 +63,7 @@ def prune_in_stages(
     # statistics are not undone by the next stage's own rollback, so their values are kept here
     saved = {k: v.detach().clone() for k, v in model.state_dict(keep_vars=True).items()}
     summaries: list[dict[str, Any]] = []
-    evals = 0
+    evals = evals_total = 0
     try:
         with rollback_on_error(model):
             current = model
@@ -76,6 +76,7 @@ def prune_in_stages(
                 start = time.perf_counter()
                 current, results = search(current, stage, dummy_input, stage_config)
                 evals += results["num_score_evals"]
+                evals_total += results["num_score_evals_total"]
                 summaries.append({
                     "stage": k,
                     "limits": stage,
@@ -95,7 +96,7 @@ def prune_in_stages(
         raise
     results["stages"] = summaries
     results["original_score"] = summaries[0]["original_score"]
-    results["num_score_evals"] = evals
+    results["num_score_evals"], results["num_score_evals_total"] = evals, evals_total
     for name in ("flops", "params"):
         results[name] = {"before": reference[name], "after": results[name]["after"]}
         results[f"{name}_ratio"] = results[name]["after"] / reference[name]
