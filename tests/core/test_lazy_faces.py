@@ -65,23 +65,20 @@ def test_an_unknown_name_is_an_attribute_error_naming_the_module(face: str) -> N
     assert not hasattr(module, "no_such_name")
 
 
-def test_importing_the_faces_loads_none_of_their_modules() -> None:
-    probe = (
-        "import sys, json\nimport modeopt_core, modeopt_fastnas, modeopt_autonas\n"
-        "print(json.dumps(sorted(m for m in sys.modules if m.startswith('modeopt'))))"
-    )
+def _modeopt_modules_after(code: str) -> list[str]:
+    """The ``modeopt*`` modules a fresh interpreter has loaded after running ``code``."""
+    probe = f"import sys, json\n{code}\nprint(json.dumps(sorted(m for m in sys.modules if m.startswith('modeopt'))))"
     out = subprocess.run([sys.executable, "-c", probe], check=True, capture_output=True, text=True).stdout
-    loaded = json.loads(out.strip().splitlines()[-1])
+    return list(json.loads(out.strip().splitlines()[-1]))
+
+
+def test_importing_the_faces_loads_none_of_their_modules() -> None:
+    loaded = _modeopt_modules_after("import modeopt_core, modeopt_fastnas, modeopt_autonas")
     assert loaded == ["modeopt_autonas", "modeopt_core", "modeopt_core._lazy", "modeopt_core.sdk", "modeopt_fastnas"]
 
 
 def test_first_use_loads_only_what_the_name_needs() -> None:
-    probe = (
-        "import sys, json\nimport modeopt_core as mo\nmo.ConfigError\n"
-        "print(json.dumps(sorted(m for m in sys.modules if m.startswith('modeopt'))))"
-    )
-    out = subprocess.run([sys.executable, "-c", probe], check=True, capture_output=True, text=True).stdout
-    loaded = json.loads(out.strip().splitlines()[-1])
+    loaded = _modeopt_modules_after("import modeopt_core as mo\nmo.ConfigError")
     assert "modeopt_core.errors" in loaded
     assert "modeopt_core.conversion" not in loaded and "modeopt_autonas" not in loaded
 
