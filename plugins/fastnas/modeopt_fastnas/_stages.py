@@ -68,12 +68,12 @@ def prune_in_stages(
         with rollback_on_error(model):
             current = model
             for k, stage in enumerate(stage_limits(limits, reference, stages), start=1):
+                start = time.perf_counter()  # the stage's conversion, search and export
                 if not (k == 1 and applied_modes(current)[-1:] == ["fastnas"] and has_search_space(current)):
                     current = apply_mode(current, [("fastnas", mode_config)])
                 stage_config = dict(config)
                 if stage_config.get("checkpoint") is not None:
                     stage_config["checkpoint"] = _stage_checkpoint(stage_config["checkpoint"], k, stages)
-                start = time.perf_counter()
                 current, results = search(current, stage, dummy_input, stage_config)
                 evals += results["num_score_evals"]
                 evals_total += results["num_score_evals_total"]
@@ -85,10 +85,10 @@ def prune_in_stages(
                     "original_score": results["original_score"],
                     "predicted_score": results["predicted_score"],
                     "num_score_evals": results["num_score_evals"],
-                    "seconds": time.perf_counter() - start,
                 })
                 if k < stages:
                     current = export(current)
+                summaries[-1]["seconds"] = time.perf_counter() - start
     except BaseException:
         for key, value in model.state_dict(keep_vars=True).items():
             if key in saved and saved[key].shape == value.shape:

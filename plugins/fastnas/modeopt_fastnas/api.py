@@ -37,8 +37,8 @@ def prune(
         stages: prune in this many steps to budgets falling geometrically (``"30%"`` in 2 stages:
             54.8 %, then 30 % of the original), with a new sensitivity map of each stage's result.
             Layers interact, so a map measured nearer the result predicts it better (see
-            ``docs/fastnas.md``, "Pruning in stages"); each stage costs a map of a smaller model.
-            FLOPs/params budgets only.
+            ``docs/fastnas.md``, "Pruning in stages"); each stage costs a map of its own (2-3x the
+            one-stage time on the digits CNN). FLOPs/params budgets only.
 
     Returns:
         ``(model, results)``: the model at the chosen subnet (still a search space: export it with
