@@ -7,7 +7,7 @@ simulations inject their own deterministic timer instead.
 
 :func:`time_interleaved` times several callables round-robin after a warm-up, rotating which one goes
 first in each round, so that a change of machine load during the measurement hits all of them alike;
-it reports medians. :func:`measure_latency` applies that to one model on a dummy input (eval mode,
+it reports medians, and :meth:`LatencyStats.ratio_to` the paired ratio of two callables. :func:`measure_latency` applies that to one model on a dummy input (eval mode,
 ``torch.inference_mode``), at the current ``torch.get_num_threads()``.
 
 Latencies are in **milliseconds** throughout (the unit of the ``latency`` constraint).
@@ -15,6 +15,7 @@ Latencies are in **milliseconds** throughout (the unit of the ``latency`` constr
 
 from __future__ import annotations
 
+import math
 import os
 import platform
 import statistics
@@ -97,6 +98,21 @@ class LatencyStats:
     def min_ms(self) -> float:
         """Fastest timed run."""
         return min(self.samples_ms)
+
+    def ratio_to(self, reference: LatencyStats) -> float:
+        """This callable's latency over ``reference``'s, from runs timed in the same rounds.
+
+        The interquartile mean of the per-round ratios: a change of machine load slows both runs of a
+        round alike, so each round's ratio cancels it where a ratio of medians does not, and the
+        quartiles drop the rounds a burst of load hit between the two runs.
+        """
+        if len(reference.samples_ms) != len(self.samples_ms):
+            raise ConfigError(f"ratio_to needs runs timed in the same rounds: {len(self.samples_ms)} runs against "
+                              f"{len(reference.samples_ms)}; time both with one time_interleaved call")
+        ratios = sorted(a / b if b > 0 else math.inf for a, b in zip(self.samples_ms, reference.samples_ms))
+        cut = len(ratios) // 4
+        middle = ratios[cut:len(ratios) - cut]
+        return statistics.fmean(middle)
 
     @property
     def spread(self) -> float:

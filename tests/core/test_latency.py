@@ -11,7 +11,15 @@ import torch
 from torch import nn
 
 import modeopt_core as mo
-from modeopt_core import ConfigError, ConstraintError, Constraints, ForwardProfiler, LatencyTimer, WallClockTimer
+from modeopt_core import (
+    ConfigError,
+    ConstraintError,
+    Constraints,
+    ForwardProfiler,
+    LatencyStats,
+    LatencyTimer,
+    WallClockTimer,
+)
 from modeopt_core.sdk import device_name, model_device, time_interleaved
 
 
@@ -40,6 +48,22 @@ def test_interleaved_rounds_rotate_and_medians_are_per_callable() -> None:
     assert stats["a"].median_ms == pytest.approx(7.0) and stats["a"].min_ms == pytest.approx(1.0)
     assert stats["a"].spread == pytest.approx(9 / 7)
     assert list(stats) == ["a", "b", "c"]
+
+
+def test_paired_ratio_cancels_load_that_hits_a_whole_round() -> None:
+    # b always takes half of a's time in the same round, while the machine's speed moves by 5x between
+    # rounds; in two rounds a burst of load slowed b alone, which the quartiles drop
+    a = LatencyStats((10.0, 50.0, 20.0, 40.0, 10.0, 30.0, 20.0, 50.0))
+    b = LatencyStats((45.0, 25.0, 10.0, 20.0, 45.0, 15.0, 10.0, 25.0))
+    assert b.ratio_to(a) == pytest.approx(0.5)
+    assert b.median_ms / a.median_ms == pytest.approx(0.9)  # the ratio of medians is moved by the bursts
+    assert a.ratio_to(a) == pytest.approx(1.0)
+    assert LatencyStats((3.0,)).ratio_to(LatencyStats((2.0,))) == pytest.approx(1.5)
+
+
+def test_paired_ratio_needs_the_same_rounds() -> None:
+    with pytest.raises(ConfigError, match="same rounds: 2 runs against 3"):
+        LatencyStats((1.0, 2.0)).ratio_to(LatencyStats((1.0, 2.0, 3.0)))
 
 
 @pytest.mark.parametrize(("runs", "warmup", "message"), [(0, 1, "runs=0"), (2, -1, "warmup=-1"), (True, 0, "runs=True")])

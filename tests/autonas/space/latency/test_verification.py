@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -111,3 +112,31 @@ def test_without_any_hit_the_closest_miss_is_kept(tmp_path: Path, caplog: pytest
     assert not check["met"] and not any(r["met"] for r in rounds) and len(rounds) > 1
     assert rounds[check["chosen_round"]] is min(rounds, key=lambda r: r["at_reference_ms"])
     assert choose() == check["subnet"] and "not met" in caplog.text
+
+
+class _DriftingTimer(OpCostTimer):
+    """The op-cost timer on a machine whose speed changes from one round (two timed calls) to the next,
+    with two bursts of load that slow one call of a round alone."""
+
+    FACTORS = (1.0, 3.0, 1.5, 0.7, 2.5, 1.2, 4.0, 0.9)
+    BURSTS = {3: 5.0, 10: 6.0}  # timed call index -> extra slowdown
+
+    def __call__(self, fn: Callable[[], Any]) -> float:
+        factor = self.FACTORS[(self.calls // 2) % len(self.FACTORS)] * self.BURSTS.get(self.calls, 1.0)
+        return factor * super().__call__(fn)
+
+
+def test_a_check_measures_ratios_paired_by_round_on_a_drifting_machine(tmp_path: Path) -> None:
+    steady_model = _model(tmp_path / "steady")
+    steady = steady_model.measure([steady_model.original_config(), SMALL], runs=1)
+    space = get_search_space(mo.apply_mode(tiny_cnn(), ["fastnas"]))
+    timer = _DriftingTimer(activation_element_s=2e-8)
+    model = LatencyModel.build(space, torch.zeros(INPUT_SHAPE), timer=timer, cache_dir=tmp_path / "drift", **FAST)
+    timer.calls = 0  # rounds of two timed calls from here
+    original_ms, small_ms = model.measure([model.original_config(), SMALL], runs=8)
+    # each round's ratio is the steady one: so is their interquartile mean, whatever the machine did
+    assert small_ms / original_ms == pytest.approx(steady[1] / steady[0], rel=1e-9)
+    timer.calls = 0
+    limit = 1.01 * steady[1] / steady[0] * model.reference_ms
+    check = meet_latency_limit(model, limit, SMALL, lambda: SMALL, rounds=1)
+    assert check["met"] and check["rounds"][0]["measured_ratio"] == pytest.approx(steady[1] / steady[0], rel=1e-9)

@@ -67,9 +67,12 @@ def measure_subnets(
     space: Any, configs: Sequence[Mapping[str, int]], args: Sequence[Any], kwargs: Mapping[str, Any],
     runs: int, warmup: int, timer: LatencyTimer,
 ) -> list[float]:
-    """Median milliseconds of each subnet's exported model, all timed round-robin (eval, inference mode).
+    """Milliseconds of each subnet's exported model, all timed round-robin (eval, inference mode).
 
-    The space's selection is put back afterwards.
+    The first subnet gets its median; every other one its paired ratio to the first
+    (:meth:`~modeopt_core.LatencyStats.ratio_to`) times that median, so that the ratios the
+    limits, the calibration and the checks use are the least moved by a change of machine load during
+    the measurement. The space's selection is put back afterwards.
     """
     saved = space.config()
     models = []
@@ -83,4 +86,5 @@ def measure_subnets(
     fns = {i: functools.partial(m, *args, **kwargs) for i, m in enumerate(models)}
     with torch.inference_mode():
         stats = time_interleaved(fns, runs, warmup, timer)
-    return [stats[i].median_ms for i in range(len(models))]
+    first = stats[0]
+    return [first.median_ms, *[stats[i].ratio_to(first) * first.median_ms for i in range(1, len(models))]]
