@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import copy
 import random
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -160,6 +162,28 @@ def test_report_compares_prediction_and_measurement(tmp_path: Path) -> None:
     assert report["measured_ratio"] == pytest.approx(report["predicted_ratio"]) and report["measured_ratio"] < 1
     assert len(report["visited"]) == 2 and report["runs"] == 1
     assert space.config() == {n: hp.max for n, hp in space.named_hparams()}
+
+
+class _SlowingTimer(OpCostTimer):
+    """The op-cost timer on a machine that runs ``factor`` times slower than when the table was built."""
+
+    factor = 1.0
+
+    def __call__(self, fn: Callable[[], Any]) -> float:
+        return self.factor * super().__call__(fn)
+
+
+def test_report_separates_the_machine_drift_from_the_ratio_error(tmp_path: Path) -> None:
+    space, x = _space("conv2d")
+    timer = _SlowingTimer()
+    lm = LatencyModel.build(space, x, timer=timer, cache_dir=tmp_path, **FAST)
+    small = space.sample("min")
+    space.sample("max")
+    timer.factor = 2.0
+    report = lm.report(small)
+    assert report["measured_before"] == pytest.approx(2 * lm.reference_ms, rel=1e-9)
+    assert report["error"] == pytest.approx(-0.5, rel=1e-9)  # milliseconds: the machine's drift
+    assert report["ratio_error"] == pytest.approx(0.0, abs=1e-9)  # ratios: the model's own error
 
 
 def test_a_shared_module_called_twice_is_two_units(tmp_path: Path) -> None:

@@ -418,6 +418,9 @@ class LatencyModel:
             "measured_before": measured[0], "measured_after": measured[1],
             "predicted_ratio": predicted[1] / predicted[0], "measured_ratio": measured[1] / measured[0],
             "error": (predicted[1] - measured[1]) / measured[1],
+            # the same for the ratios to the original timed alongside: unmoved by a machine that got
+            # faster or slower since the calibration (which moves the absolute error)
+            "ratio_error": (predicted[1] / predicted[0]) / (measured[1] / measured[0]) - 1.0,
             "visited": [{"predicted": p, "measured": m} for p, m in zip(predicted[2:], measured[2:])],
             "calibration_max_abs_error": self.calibration["max_abs_error"],
             "table": {k: v for k, v in self.stats.items() if k != "context"},
