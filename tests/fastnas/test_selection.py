@@ -99,6 +99,27 @@ def test_zero_boundary_evals_keep_the_drop_orders_prediction() -> None:
     assert res["best"]["score"] == res["predicted_score"]
 
 
+def test_zero_boundary_evals_take_the_first_orders_subnet_on_its_prediction() -> None:
+    _, drop, _ = _search()
+    _, cost, _ = _search(selection="cost")
+    assert cost["boundary_evals"] == 0 and cost["selection_order"] == "cost"
+    entry = next(e for e in cost["boundary"] if e["order"] == "cost")
+    assert cost["subnet"] == {k: entry["subnet"][k] for k in cost["subnet"]} != drop["subnet"]
+    assert cost["best"]["score"] == entry["predicted_score"] and cost["satisfied"]
+    assert cost["params"]["after"] < drop["params"]["after"]
+    # the order of the tuple decides: ("drop", "cost") is the drop order's subnet
+    _, both, _ = _search(selection=("drop", "cost"))
+    assert both["selection_order"] == "drop" and both["subnet"] == drop["subnet"]
+
+
+def test_a_latency_limit_needs_the_drop_order_first_without_boundary_evals() -> None:
+    model = mo.apply_mode(tiny_cnn(), ["fastnas"])
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ConfigError, match="put 'drop' first"):
+        prune(model, {"latency": "60%"}, DUMMY, {"score_func": _score(), "verbose": False, "selection": "cost"})
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
 def test_bad_selection_config_is_a_clear_error() -> None:
     with pytest.raises(ConfigError, match="selection"):
         _search(selection=("fast",))

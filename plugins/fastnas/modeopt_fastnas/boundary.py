@@ -10,8 +10,9 @@
    the latency model is refitted and step 1 runs again (``latency_verify``).
 4. With ``boundary_evals`` = N > 0, the distinct boundary subnets of the orders in ``selection`` (and,
    while N allows, the next threshold of each: one step more pruned) are measured for real (BN
-   re-estimated as for the returned model) and the best score wins. With N = 0 the ``"drop"``
-   order's boundary subnet is returned on its prediction alone (ModelOpt's behaviour).
+   re-estimated as for the returned model) and the best score wins. With N = 0 the boundary subnet of
+   the first order in ``selection`` is returned on its prediction alone (``("drop",)``, the default:
+   ModelOpt's behaviour).
 """
 
 from __future__ import annotations
@@ -160,8 +161,20 @@ class BoundarySelector(FastNASSearcherState):
             if entry["subnet"] not in seen:
                 seen.append(entry["subnet"])
                 candidates.append(entry)
+        if self.best is None:
+            return
+        if budget <= 0:  # no real evaluation: the first order's boundary subnet, on its prediction
+            lead = self.config["selection"][0]
+            if lead != "drop":
+                entry = next((e for e in wanted if e["order"] == lead and e["step"] == first[lead]), None)
+                if entry is None:
+                    _log.warning("FastNAS: the %r order reaches no subnet within the budget (its choices off the "
+                                 "convex hull are never taken); the 'drop' order's subnet is kept", lead)
+                else:
+                    self._take_boundary(entry, entry["predicted_score"])
+            return
         candidates = candidates[:budget]
-        if budget <= 0 or not candidates or self.best is None:
+        if not candidates:
             return
         space = self._space()
         for entry in candidates:
@@ -172,6 +185,11 @@ class BoundarySelector(FastNASSearcherState):
         chosen = max(candidates, key=lambda e: (e["score"], -e["flops"]))
         _log.log(self._log_level, "FastNAS boundary: %d candidates measured, kept the %s order's (score %.6g)",
                  len(candidates), chosen["order"], chosen["score"])
-        self.best = {**self.best, "config": {**self.best["config"], **chosen["subnet"]}, "score": chosen["score"],
-                     "constraints": {n: self._count(n, chosen["subnet"]) for n in self.best.get("constraints", {})}}
-        self._chosen_order = chosen["order"]
+        self._take_boundary(chosen, chosen["score"])
+
+    def _take_boundary(self, entry: dict[str, Any], score: float) -> None:
+        """Make a boundary candidate the search's result."""
+        assert self.best is not None
+        self.best = {**self.best, "config": {**self.best["config"], **entry["subnet"]}, "score": score,
+                     "constraints": {n: self._count(n, entry["subnet"]) for n in self.best.get("constraints", {})}}
+        self._chosen_order = entry["order"]

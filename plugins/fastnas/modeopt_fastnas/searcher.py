@@ -243,6 +243,11 @@ class BinarySearcher(SensitivityMapBuilder, BoundarySelector):
         with self.space.driver_paused():
             self._profiler = SubnetProfiler(self.space, *args, **kwargs)
             if "latency" in self.constraints.names:
+                if self.config["selection"][0] != "drop" and self.config["boundary_evals"] == 0:
+                    raise ConfigError(
+                        f"search config selection={self.config['selection']!r} with a latency limit: the measured "
+                        "latency check runs on the 'drop' order's subnet, so with boundary_evals=0 put 'drop' "
+                        "first in selection (or give boundary_evals > 0 to judge the orders' subnets)")
                 options = {"verbose": self.config["verbose"], **(self.config["latency_options"] or {})}
                 self._profiler.latency_model = LatencyModel.build(self.space, self.dummy_input, **options)
         return self._profiler
