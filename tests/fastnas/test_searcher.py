@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import itertools
 import logging
 from typing import Any
@@ -255,3 +256,22 @@ def test_data_free_activation_importance_uses_the_scores_batches() -> None:
     _, res = prune(mo.apply_mode(model, ["fastnas"]), {"flops": "70%"}, torch.zeros(INPUT_SHAPE), {
         "score_func": OutputAgreement(_dead_channels(), x), "importance": "activation", "verbose": False})
     assert abs(res["sensitivity_map"]["conv1.out_channels"][14]) < 1e-6
+
+
+@pytest.mark.parametrize("importance", ["weight", "contribution"])
+def test_contribution_importance_ranks_channels_a_batchnorm_mutes_last(importance: str) -> None:
+    from modeopt_fastnas import OutputAgreement, random_inputs
+
+    model = tiny_cnn()
+    with torch.no_grad():  # the largest conv1 filters, scaled to nothing by bn1: they never contribute
+        model.conv1.weight[:2] *= 10
+        model.bn1.weight[:2] = 0.0
+        model.bn1.bias[:2] = 0.0
+    x = random_inputs((8, *INPUT_SHAPE[1:]), num_batches=2, seed=1)
+    _, res = prune(mo.apply_mode(model, ["fastnas"]), {"flops": "70%"}, torch.zeros(INPUT_SHAPE), {
+        "score_func": OutputAgreement(copy.deepcopy(model).eval(), x), "importance": importance, "verbose": False})
+    drop = res["sensitivity_map"]["conv1.out_channels"][14]
+    if importance == "contribution":
+        assert abs(drop) < 1e-6  # the two channels left out are the muted ones, found without data
+    else:
+        assert drop > 1e-3  # the weight norms keep the muted channels and drop live ones

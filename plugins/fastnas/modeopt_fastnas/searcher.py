@@ -68,7 +68,7 @@ __all__ = ["BN_CALIBRATION_MODES", "BinarySearcher"]
 _log = logging.getLogger(__name__)
 
 BN_CALIBRATION_MODES = ("auto", "each", "final", "off")
-IMPORTANCE_KINDS = ("weight", "activation")
+IMPORTANCE_KINDS = ("weight", "activation", "contribution")
 """Values of the ``bn_calibration`` search-config key (see :class:`BinarySearcher`)."""
 
 
@@ -103,9 +103,11 @@ class BinarySearcher(SensitivityMapBuilder, BoundarySelector):
     * ``latency_report`` (default ``"final"``): which exported subnets are timed for the results'
       ``latency`` entry (``LATENCY_REPORT_MODES``; ``"visited"`` adds every binary-search step).
     * ``importance`` (default ``"weight"``): how channels are ranked before the map: ``"weight"`` by the
-      L1 norms of the weights producing them, ``"activation"`` by their contribution on the
-      calibration data (mean absolute input times the weights reading it), or without data on the
-      batches of a ready score object (:class:`~modeopt_fastnas.BatchScore`).
+      L1 norms of the weights producing them, ``"contribution"`` by the scale a channel leaves with
+      (the affine weight of a BatchNorm after it, else its producers' norms) times the norms of the
+      weights reading it, ``"activation"`` by their contribution on the calibration data (mean
+      absolute input times the weights reading it), or without data on the batches of a ready score
+      object (:class:`~modeopt_fastnas.BatchScore`).
     * ``latency_verify`` (default 4): with a ``latency`` limit, the most times the chosen subnet's export
       is timed against the original's; when it misses the limit as measured, the latency model is
       refitted through the measurement and the bisection runs again
@@ -329,6 +331,8 @@ class BinarySearcher(SensitivityMapBuilder, BoundarySelector):
                     score = self.config["score_func"]
                     loop = functools.partial(model_outputs, inputs=score.inputs)
                 scores = space.activation_importance(loop, list(self._targets))
+            elif self.config["importance"] == "contribution":
+                scores = space.contribution_importance(list(self._targets))
             space.sort_by_importance(list(self._targets), log=self._sort_log, scores=scores)
         self._timings["sort_s"] = time.perf_counter() - t0
         self._bn_snapshot = [

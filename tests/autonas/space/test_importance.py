@@ -150,3 +150,66 @@ def test_given_scores_must_have_one_value_per_channel() -> None:
     with pytest.raises(SubnetConfigError, match=r"importance of 'conv1.out_channels' has shape \(3,\); expected \(16,\)"):
         space.sort_by_importance(["conv1.out_channels"], scores={"conv1.out_channels": torch.ones(3)})
     assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+
+
+def _unit(t: torch.Tensor) -> torch.Tensor:
+    t = t.to(torch.float64)
+    return t / (t.max() + 1e-12)
+
+
+def test_contribution_behind_a_batchnorm_is_its_scale_times_the_readers() -> None:
+    import modeopt_core as mo
+    from modeopt_autonas.space import get_search_space
+    from tests.fastnas._models import TinyCNN
+
+    torch.manual_seed(7)
+    model = TinyCNN().eval()
+    with torch.no_grad():
+        model.conv1.weight[:2] *= 10  # the largest producers ...
+        model.bn1.weight.uniform_(0.5, 1.5)
+        model.bn1.weight[:2] = 1e-3  # ... leave the batch norm at almost nothing
+    x = torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(8))
+    with torch.no_grad():
+        before = model(x)
+    space = get_search_space(mo.apply_mode(model, ["fastnas"]))
+    scores = space.contribution_importance()
+    expected = _unit(model.bn1.weight.detach().abs()) * _unit(model.conv2.weight.detach().abs().sum((0, 2, 3), dtype=torch.float64))
+    assert torch.allclose(scores["conv1.out_channels"], expected, rtol=1e-9)
+    assert set(torch.topk(-scores["conv1.out_channels"], 2).indices.tolist()) == {0, 1}  # ranked last
+    # the last conv's group: read by the linear head
+    expected3 = _unit(model.bn3.weight.detach().abs()) * _unit(model.fc.weight.detach().abs().sum(0, dtype=torch.float64))
+    assert torch.allclose(scores["conv3.out_channels"], expected3, rtol=1e-9)
+    space.sort_by_importance(scores=scores)
+    with torch.no_grad():
+        assert torch.allclose(space.model(x), before, atol=1e-5)  # the sort preserves the function
+
+
+def test_contribution_without_a_per_channel_norm_multiplies_producers_scalings_and_readers() -> None:
+    from ._models import MLP, mlp_structure
+
+    torch.manual_seed(9)
+    model = MLP().eval()
+    with torch.no_grad():
+        model.ln.weight.uniform_(0.1, 2.0)
+    space = SearchSpace.build(model, mlp_structure(), RULES)
+    scores = space.contribution_importance()
+    fc1, ln, fc2, fc3 = (model.fc1.weight.detach().abs().double(), model.ln.weight.detach().abs().double(),
+                         model.fc2.weight.detach().abs().double(), model.fc3.weight.detach().abs().double())
+    # LayerNorm divides by one statistic of all features: the producers' relative scale stays
+    assert torch.allclose(scores["fc1.out_features"], _unit(fc1.sum(1)) * _unit(ln) * _unit(fc2.sum(0)), rtol=1e-9)
+    assert torch.allclose(scores["fc2.out_features"], _unit(fc2.sum(1)) * _unit(fc3.sum(0)), rtol=1e-9)
+    assert list(space.contribution_importance(["fc2.out_features"])) == ["fc2.out_features"]
+
+
+def test_contribution_behind_a_batchnorm_without_affine_is_the_readers_alone() -> None:
+    import modeopt_core as mo
+    from modeopt_autonas.space import get_search_space
+    from tests.fastnas._models import TinyCNN
+
+    torch.manual_seed(10)
+    model = TinyCNN().eval()
+    model.bn1 = torch.nn.BatchNorm2d(16, affine=False).eval()
+    space = get_search_space(mo.apply_mode(model, ["fastnas"]))
+    scores = space.contribution_importance(["conv1.out_channels"])
+    expected = _unit(model.conv2.weight.detach().abs().sum((0, 2, 3), dtype=torch.float64))
+    assert torch.allclose(scores["conv1.out_channels"], expected, rtol=1e-9)

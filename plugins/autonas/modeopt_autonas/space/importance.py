@@ -14,11 +14,18 @@ layer that reads the group, a channel's mean absolute input on the calibration b
 norm of the weights that read it, i.e. the size of its contribution to that layer's output. A channel
 with large weights that the data never drives (dead after a ReLU, a BatchNorm with a negative shift)
 then ranks last, where the weight norms rank it first.
+
+:func:`contribution_importance` needs no data: a channel's importance is the scale it leaves its
+producers with times the L1 norm of the weights that read it. Behind a per-channel norm
+(BatchNorm, InstanceNorm) the producers' scale is divided out, so the scale is the norm's affine
+weight; otherwise it is the producers' weight norm times any per-channel scaling on the way
+(LayerNorm/RMSNorm weights, depthwise filters). Each factor is the normalised sum over the members
+that carry it, as for the default importance.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -30,7 +37,14 @@ from .structure import is_follower
 if TYPE_CHECKING:
     from .search_space import SearchSpace
 
-__all__ = ["SortLog", "activation_importance", "channel_importance", "sort_by_importance", "undo_sort"]
+__all__ = [
+    "SortLog",
+    "activation_importance",
+    "channel_importance",
+    "contribution_importance",
+    "sort_by_importance",
+    "undo_sort",
+]
 
 
 def _tensor(module: torch.nn.Module, name: str) -> torch.Tensor | None:
@@ -38,33 +52,78 @@ def _tensor(module: torch.nn.Module, name: str) -> torch.Tensor | None:
     return module._buffers.get(name) if t is None else t
 
 
+def _weight_norms(space: SearchSpace, members: Sequence[Any]) -> torch.Tensor | None:
+    """Sum over ``members`` of each one's per-channel L1 weight norm, normalised by its largest channel
+    (None when none of them has a weight for its role)."""
+    dynamic = space.dynamic_modules()
+    total = None
+    for mem in members:
+        module = dynamic.get(mem.module)
+        where = None if module is None else module.dynamic_channel_weight(mem.role)
+        t = None if where is None else _tensor(module, where[0])
+        if t is None or where is None:
+            continue
+        dim = where[1] % t.ndim
+        seg = t.detach().narrow(dim, mem.offset, mem.size * mem.repeat).abs()
+        # float64 accumulation keeps a second sort from flipping near-ties (idempotence)
+        score = seg.movedim(dim, 0).reshape(mem.size, -1).sum(1, dtype=torch.float64)
+        score = score / (score.max() + 1e-12)
+        total = score.cpu() if total is None else total + score.cpu()
+    return total
+
+
 def channel_importance(space: SearchSpace, group_id: int) -> torch.Tensor | None:
     """Per-channel importance of channel group ``group_id`` (float64), or None when nothing scores it."""
-    dynamic = space.dynamic_modules()
     members = space.members(group_id)
     # producers first, then norms, then a composite layer's own dims (attention heads), then consumers
     own = sorted({m.role for m in members if m.role not in ("out", "features", "in") and not is_follower(m.role)})
     for role in ("out", "features", *own, "in"):
-        total = None
-        for mem in members:
-            module = dynamic.get(mem.module)
-            if mem.role != role or module is None:
-                continue
-            where = module.dynamic_channel_weight(role)
-            if where is None:
-                continue
-            t = _tensor(module, where[0])
-            if t is None:
-                continue
-            dim = where[1] % t.ndim
-            seg = t.detach().narrow(dim, mem.offset, mem.size * mem.repeat).abs()
-            # float64 accumulation keeps a second sort from flipping near-ties (idempotence)
-            score = seg.movedim(dim, 0).reshape(mem.size, -1).sum(1, dtype=torch.float64)
-            score = score / (score.max() + 1e-12)
-            total = score if total is None else total + score.to(total.device)
+        total = _weight_norms(space, [m for m in members if m.role == role])
         if total is not None:
-            return total.cpu()
+            return total
     return None
+
+
+_PER_CHANNEL_NORMS = (nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm)
+
+
+def contribution_importance(space: SearchSpace, names: list[str] | None = None) -> dict[str, torch.Tensor]:
+    """``{hparam name: per-channel importance (float64)}`` from the weights alone, as the size of each
+    channel's contribution to the layers that read it (see the module doc).
+
+    Groups with neither producers, norms nor consumers (e.g. attention heads) are left out: sort
+    those by :func:`channel_importance`.
+    """
+    dynamic = space.dynamic_modules()
+    wanted = None if names is None else set(names)
+    result: dict[str, torch.Tensor] = {}
+    for gid, hp in space._built.group_hparams.items():
+        if not hp.is_configurable or not hp.sortable or (wanted is not None and hp.name not in wanted):
+            continue
+        members = space.members(gid)
+        normalising = [m for m in members if isinstance(dynamic.get(m.module), _PER_CHANNEL_NORMS)]
+        if normalising:
+            # a per-channel norm divides out whatever scale the producers gave a channel: its affine
+            # weight is the scale the channel leaves with (all ones for a norm without one)
+            upstream = _weight_norms(space, normalising)
+            if upstream is None:
+                upstream = torch.ones(hp.original, dtype=torch.float64)
+        else:  # the producers' scale, times any per-channel scaling on the way (LayerNorm/RMSNorm weights)
+            upstream = _product(_weight_norms(space, [m for m in members if m.role == "out"]),
+                                _weight_norms(space, [m for m in members if m.role == "features"]))
+        score = _product(upstream, _weight_norms(space, [m for m in members if m.role == "in"]))
+        if score is not None:
+            result[hp.name] = score
+    return result
+
+
+def _product(*factors: torch.Tensor | None) -> torch.Tensor | None:
+    """The product of the factors that exist (None when none does)."""
+    out = None
+    for f in factors:
+        if f is not None:
+            out = f if out is None else out * f
+    return out
 
 
 def _reads_channels_plainly(module: nn.Module) -> bool:

@@ -266,6 +266,14 @@ class SearchSpace:
 
         return activation_importance(self, forward_loop, names)
 
+    def contribution_importance(self, names: list[str] | None = None) -> dict[str, torch.Tensor]:
+        """Per-channel importance from the weights, as each channel's contribution to its readers
+        (``importance.contribution_importance``), for :meth:`sort_by_importance`'s ``scores``."""
+        self._alive()
+        from .importance import contribution_importance
+
+        return contribution_importance(self, names)
+
     def undo_sort(self, log: list[Any]) -> None:
         """Put back, bit for bit, every channel order a :meth:`sort_by_importance` with ``log`` changed."""
         self._alive()
