@@ -13,9 +13,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import modeopt_core as mo
-from modeopt_autonas.space import has_search_space
+from modeopt_autonas.space import get_search_space, has_search_space
 from modeopt_fastnas import OutputAgreement, prune, random_inputs
-from modeopt_fastnas._stages import stage_limits
+from modeopt_fastnas._stages import keep_width_steps, stage_limits, width_steps
 from tests.fastnas._models import INPUT_SHAPE, TinyCNN, batches, tiny_cnn
 
 DUMMY = torch.zeros(INPUT_SHAPE)
@@ -28,6 +28,24 @@ def _agreement(model: torch.nn.Module) -> OutputAgreement:
 
 def _config(score: Any, **extra: Any) -> dict[str, Any]:
     return {"score_func": score, "data_loader": batches(8), "verbose": False, **extra}
+
+
+C3 = "conv3.out_channels"
+
+
+def test_a_later_stage_keeps_the_first_stages_width_steps() -> None:
+    model = mo.apply_mode(tiny_cnn(), ["fastnas"])
+    first = get_search_space(model)
+    steps = width_steps(first)
+    assert sorted(steps.values()) == [2, 4, 8]  # 16, 32 and 64 wide, adaptive divisor
+    first.select({**first.config(), C3: 48})
+    second = get_search_space(mo.apply_mode(mo.export(model), ["fastnas"]))
+    hp = dict(second.named_hparams(True))[C3]
+    assert hp.original == 48 and 44 in hp.choices  # 48 wide: the adaptive divisor halves to 4
+    assert width_steps(second) != steps
+    keep_width_steps(second, steps)
+    assert hp.choices == (8, 16, 24, 32, 40, 48)
+    assert width_steps(second) == steps
 
 
 @given(
@@ -62,6 +80,9 @@ def test_two_stages_meet_the_budget_of_the_original_with_a_map_per_stage() -> No
     assert res["original_score"] == first["original_score"]
     assert res["num_score_evals"] == first["num_score_evals"] + second["num_score_evals"] > 0
     assert all(s["seconds"] > 0 for s in res["stages"])
+    # the second stage measured and chose only multiples of the first stage's width steps
+    steps = width_steps(get_search_space(mo.apply_mode(tiny_cnn(), ["fastnas"])))
+    assert width_steps(get_search_space(pruned)) == steps
 
 
 def test_a_staged_result_saves_restores_and_exports_like_any_chain(tmp_path: Path) -> None:

@@ -11,21 +11,29 @@ user's limit itself), where ``fraction = limit / reference`` and the reference i
 FLOPs/params before the first stage. Between stages the result is exported and converted again, so
 the model records ``fastnas, export_nas, fastnas, ...`` and restores from a checkpoint like any
 chain of modes.
+
+A later stage keeps each channel group's width step of the first stage: the adaptive divisor
+(``min_width_steps``) would otherwise halve it for the narrower widths (a 128 group at step 16,
+pruned to 112, would get step 8), giving the map more widths to measure and the result widths such
+as 104 that run slower than a multiple of 16 on most hardware. The choices of a later stage's
+groups are restricted to the multiples of their first-stage step (``Hparam.restrict``), the
+original width always kept.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
-from modeopt_autonas.space import has_search_space
+from modeopt_autonas.space import get_search_space, has_search_space
 from modeopt_core import Constraints, ForwardProfiler, applied_modes, apply_mode, export, search
 from modeopt_core.sdk import rollback_on_error
 
-__all__ = ["prune_in_stages", "stage_limits"]
+__all__ = ["keep_width_steps", "prune_in_stages", "stage_limits", "width_steps"]
 
 
 def stage_limits(limits: dict[str, float], reference: dict[str, float], stages: int) -> list[dict[str, float]]:
@@ -37,6 +45,31 @@ def stage_limits(limits: dict[str, float], reference: dict[str, float], stages: 
         else:
             out.append({n: reference[n] * (limits[n] / reference[n]) ** (k / stages) for n in limits})
     return out
+
+
+def _group_key(space: Any, gid: int) -> frozenset[tuple[str, str]]:
+    """A channel group by the layers and roles it binds: the same in a stage's export and the next stage."""
+    return frozenset((m.module, m.role) for m in space.members(gid))
+
+
+def width_steps(space: Any) -> dict[frozenset[tuple[str, str]], int]:
+    """The step between the choices of every configurable channel group (its original width aside)."""
+    steps = {}
+    for group in space.structure.groups:
+        hp = space.group_hparam(group.id)
+        below = [c for c in hp.choices if c != hp.original]
+        if hp.is_configurable and below:
+            steps[_group_key(space, group.id)] = math.gcd(*below)
+    return steps
+
+
+def keep_width_steps(space: Any, steps: dict[frozenset[tuple[str, str]], int]) -> None:
+    """Restrict each channel group of ``space`` known to ``steps`` to the multiples of its step."""
+    for group in space.structure.groups:
+        step = steps.get(_group_key(space, group.id))
+        if step is not None and step > 1:
+            hp = space.group_hparam(group.id)
+            hp.restrict([c for c in hp.choices if c % step == 0])
 
 
 def _stage_checkpoint(path: Any, stage: int, stages: int) -> str:
@@ -71,6 +104,10 @@ def prune_in_stages(
                 start = time.perf_counter()  # the stage's conversion, search and export
                 if not (k == 1 and applied_modes(current)[-1:] == ["fastnas"] and has_search_space(current)):
                     current = apply_mode(current, [("fastnas", mode_config)])
+                if k == 1:
+                    steps = width_steps(get_search_space(current))
+                else:
+                    keep_width_steps(get_search_space(current), steps)
                 stage_config = dict(config)
                 if stage_config.get("checkpoint") is not None:
                     stage_config["checkpoint"] = _stage_checkpoint(stage_config["checkpoint"], k, stages)
