@@ -92,6 +92,10 @@ _VARIANTS: dict[str, dict[str, Any]] = {  # --ours: our search-config variants b
     "activation": {"importance": "activation"},
     "cost+boundary": {"selection": ("drop", "cost"), "boundary_evals": 4},
     "activation+cost+boundary": {"importance": "activation", "selection": ("drop", "cost"), "boundary_evals": 4},
+    "contribution": {"importance": "contribution"},
+    "cost": {"selection": "cost"},
+    "contribution+cost": {"importance": "contribution", "selection": "cost"},
+    "contribution+stages2": {"importance": "contribution", "stages": 2},
     "stages2": {"stages": 2},  # prune(..., stages=2): a second map of the first stage's result
     "activation+stages2": {"importance": "activation", "stages": 2},
 }

@@ -102,12 +102,12 @@ class BinarySearcher(SensitivityMapBuilder, BoundarySelector):
       built when a ``latency`` limit is given (``LATENCY_OPTIONS``: timer, runs, cache_dir, ...).
     * ``latency_report`` (default ``"final"``): which exported subnets are timed for the results'
       ``latency`` entry (``LATENCY_REPORT_MODES``; ``"visited"`` adds every binary-search step).
-    * ``importance`` (default ``"weight"``): how channels are ranked before the map: ``"weight"`` by the
-      L1 norms of the weights producing them, ``"contribution"`` by the scale a channel leaves with
-      (the affine weight of a BatchNorm after it, else its producers' norms) times the norms of the
-      weights reading it, ``"activation"`` by their contribution on the calibration data (mean
-      absolute input times the weights reading it), or without data on the batches of a ready score
-      object (:class:`~modeopt_fastnas.BatchScore`).
+    * ``importance`` (default ``"contribution"``): how channels are ranked before the map:
+      ``"contribution"`` by the scale a channel leaves with (the affine weight of a BatchNorm after
+      it, else its producers' norms) times the norms of the weights reading it, ``"weight"`` by the
+      L1 norms of the weights producing them (ModelOpt-like), ``"activation"`` by their contribution
+      on the calibration data (mean absolute input times the weights reading it), or without data on
+      the batches of a ready score object (:class:`~modeopt_fastnas.BatchScore`).
     * ``latency_verify`` (default 4): with a ``latency`` limit, the most times the chosen subnet's export
       is timed against the original's; when it misses the limit as measured, the latency model is
       refitted through the measurement and the bisection runs again
@@ -141,7 +141,7 @@ class BinarySearcher(SensitivityMapBuilder, BoundarySelector):
             "latency_options": None,
             "latency_report": "final",
             "latency_verify": 4,
-            "importance": "weight",
+            "importance": "contribution",
         }
 
     @property
