@@ -92,7 +92,7 @@ _VARIANTS: dict[str, dict[str, Any]] = {  # --ours: our search-config variants b
     "activation": {"importance": "activation"},
     "cost+boundary": {"selection": ("drop", "cost"), "boundary_evals": 4},
     "activation+cost+boundary": {"importance": "activation", "selection": ("drop", "cost"), "boundary_evals": 4},
-    "contribution": {"importance": "contribution"},
+    "weight": {"importance": "weight"},  # the default ranking before importance="contribution"
     "cost": {"selection": "cost"},
     "contribution+cost": {"importance": "contribution", "selection": "cost"},
     "contribution+stages2": {"importance": "contribution", "stages": 2},

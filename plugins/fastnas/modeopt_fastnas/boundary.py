@@ -166,12 +166,12 @@ class BoundarySelector(FastNASSearcherState):
         if budget <= 0:  # no real evaluation: the first order's boundary subnet, on its prediction
             lead = self.config["selection"][0]
             if lead != "drop":
-                entry = next((e for e in wanted if e["order"] == lead and e["step"] == first[lead]), None)
-                if entry is None:
+                lead_entry = next((e for e in wanted if e["order"] == lead and e["step"] == first.get(lead)), None)
+                if lead_entry is None:
                     _log.warning("FastNAS: the %r order reaches no subnet within the budget (its choices off the "
                                  "convex hull are never taken); the 'drop' order's subnet is kept", lead)
                 else:
-                    self._take_boundary(entry, entry["predicted_score"])
+                    self._take_boundary(lead_entry, lead_entry["predicted_score"])
             return
         candidates = candidates[:budget]
         if not candidates:

@@ -59,7 +59,9 @@ def _weight_norms(space: SearchSpace, members: Sequence[Any]) -> torch.Tensor | 
     total = None
     for mem in members:
         module = dynamic.get(mem.module)
-        where = None if module is None else module.dynamic_channel_weight(mem.role)
+        if module is None:
+            continue
+        where = module.dynamic_channel_weight(mem.role)
         t = None if where is None else _tensor(module, where[0])
         if t is None or where is None:
             continue
