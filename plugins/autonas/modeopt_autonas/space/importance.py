@@ -20,7 +20,9 @@ producers with times the L1 norm of the weights that read it. Behind a per-chann
 (BatchNorm, InstanceNorm) the producers' scale is divided out, so the scale is the norm's affine
 weight; otherwise it is the producers' weight norm times any per-channel scaling on the way
 (LayerNorm/RMSNorm weights, depthwise filters). Each factor is the normalised sum over the members
-that carry it, as for the default importance.
+that carry it, as in :func:`channel_importance`. FastNAS ranks by it by default
+(``importance="contribution"``); :meth:`SearchSpace.sort_by_importance` without ``scores`` keeps the
+weight norms.
 """
 
 from __future__ import annotations
