@@ -7,7 +7,8 @@ simulations inject their own deterministic timer instead.
 
 :func:`time_interleaved` times several callables round-robin after a warm-up, rotating which one goes
 first in each round, so that a change of machine load during the measurement hits all of them alike;
-it reports medians, and :meth:`LatencyStats.ratio_to` the paired ratio of two callables. :func:`measure_latency` applies that to one model on a dummy input (eval mode,
+it reports medians, and :meth:`LatencyStats.ratio_to` the paired ratio of two callables.
+:func:`measure_latency` applies that to one model on a dummy input (eval mode,
 ``torch.inference_mode``), at the current ``torch.get_num_threads()``.
 
 Latencies are in **milliseconds** throughout (the unit of the ``latency`` constraint).

@@ -68,8 +68,9 @@ __all__ = ["BN_CALIBRATION_MODES", "BinarySearcher"]
 _log = logging.getLogger(__name__)
 
 BN_CALIBRATION_MODES = ("auto", "each", "final", "off")
-IMPORTANCE_KINDS = ("weight", "activation", "contribution")
 """Values of the ``bn_calibration`` search-config key (see :class:`BinarySearcher`)."""
+IMPORTANCE_KINDS = ("weight", "activation", "contribution")
+"""Values of the ``importance`` search-config key (see :class:`BinarySearcher`)."""
 
 
 def _fmt(value: float) -> str:
@@ -241,15 +242,16 @@ class BinarySearcher(SensitivityMapBuilder, BoundarySelector):
         self._targets = {n: hp for n, hp in self.space.named_hparams(True) if id(hp) in space_hps}
         if self.dummy_input is None:
             return None
+        latency = "latency" in self.constraints.names
+        if latency and self.config["selection"][0] != "drop" and self.config["boundary_evals"] == 0:
+            raise ConfigError(
+                f"search config selection={self.config['selection']!r} with a latency limit: the measured "
+                "latency check runs on the 'drop' order's subnet, so with boundary_evals=0 put 'drop' "
+                "first in selection (or give boundary_evals > 0 to judge the orders' subnets)")
         args, kwargs = unpack_dummy_input(self.dummy_input)
         with self.space.driver_paused():
             self._profiler = SubnetProfiler(self.space, *args, **kwargs)
-            if "latency" in self.constraints.names:
-                if self.config["selection"][0] != "drop" and self.config["boundary_evals"] == 0:
-                    raise ConfigError(
-                        f"search config selection={self.config['selection']!r} with a latency limit: the measured "
-                        "latency check runs on the 'drop' order's subnet, so with boundary_evals=0 put 'drop' "
-                        "first in selection (or give boundary_evals > 0 to judge the orders' subnets)")
+            if latency:
                 options = {"verbose": self.config["verbose"], **(self.config["latency_options"] or {})}
                 self._profiler.latency_model = LatencyModel.build(self.space, self.dummy_input, **options)
         return self._profiler
