@@ -98,11 +98,16 @@ _VARIANTS: dict[str, dict[str, Any]] = {  # --ours: our search-config variants b
     "contribution+stages2": {"importance": "contribution", "stages": 2},
     "stages2": {"stages": 2},  # prune(..., stages=2): a second map of the first stage's result
     "activation+stages2": {"importance": "activation", "stages": 2},
+    # a joint budget: the FLOPs budget and, as the params limit, the params ModelOpt kept (run after it)
+    "cost+modelopt-params": {"selection": "cost"},
+    "modelopt-params": {},
 }
+_AFTER_MODELOPT = {"cost+modelopt-params", "modelopt-params"}
 
 
 def _ours_digits(baseline: nn.Module, budget: str, batch_size: int, bn: str, finetune: int,
-                 image_size: int, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+                 image_size: int, extra: dict[str, Any] | None = None,
+                 params_limit: float | None = None) -> dict[str, Any]:
     train, val = digits_loaders(seed=0, image_size=image_size)
     x, y = train.dataset.tensors  # type: ignore[attr-defined]
     calib = DataLoader(TensorDataset(x, y), batch_size=batch_size)
@@ -111,7 +116,8 @@ def _ours_digits(baseline: nn.Module, budget: str, batch_size: int, bn: str, fin
     extra = dict(extra or {})
     stages = extra.pop("stages", 1)
     start = time.perf_counter()
-    model, res = prune(copy.deepcopy(baseline), {"flops": budget}, dummy, {
+    constraints = {"flops": budget, **({"params": f"{100 * params_limit:.2f}%"} if params_limit else {})}
+    model, res = prune(copy.deepcopy(baseline), constraints, dummy, {
         "score_func": AccuracyScore(val), "data_loader": calib, "max_iter_data_loader": 50,
         "bn_calibration": bn, "verbose": False, **extra}, stages=stages)
     seconds = time.perf_counter() - start
@@ -156,7 +162,7 @@ def _digits(args: argparse.Namespace, python: str | None) -> list[list[str]]:
                 theirs = []
                 finetune = args.finetune_epochs if args.finetune and bn == "each" and batch_size == 16 else 0
                 for _ in range(args.runs):  # interleaved: both see the same load
-                    for variant in variants:
+                    for variant in (v for v in variants if v not in _AFTER_MODELOPT):
                         ours_by[variant].append(_ours_digits(baseline, budget, batch_size, bn, finetune, 16,
                                                              _VARIANTS[variant]))
                     key = (batch_size, budget, finetune)
@@ -167,6 +173,10 @@ def _digits(args: argparse.Namespace, python: str | None) -> list[list[str]]:
                             *(["--finetune-epochs", str(finetune)] if finetune else [])])
                     if key in reused:
                         theirs.append(reused[key])
+                    kept = reused.get(key, {}).get("params_ratio")
+                    for variant in (v for v in variants if v in _AFTER_MODELOPT and kept):
+                        ours_by[variant].append(_ours_digits(baseline, budget, batch_size, bn, finetune, 16,
+                                                             _VARIANTS[variant], params_limit=kept))
                 theirs = [t for t in theirs if "error" not in t] or theirs
                 ratios = {v: (f"{_median(r, 'search_s') / _median(theirs, 'search_s'):.2f}"
                               if theirs and "search_s" in theirs[0] else "-") for v, r in ours_by.items()}

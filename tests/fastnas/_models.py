@@ -50,6 +50,18 @@ def tiny_cnn() -> TinyCNN:
     return model
 
 
+def conv_chain() -> nn.Sequential:
+    """Five conv-bn-relu layers at three resolutions (16x16 input): early layers cost FLOPs, late ones
+    params, so a joint FLOPs/params budget has several good trade-offs."""
+    torch.manual_seed(0)
+    layers: list[nn.Module] = []
+    width = 3
+    for out, stride in ((16, 1), (32, 2), (32, 1), (64, 2), (64, 1)):
+        layers += [nn.Conv2d(width, out, 3, stride, 1, bias=False), nn.BatchNorm2d(out), nn.ReLU()]
+        width = out
+    return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(width, 5)).eval()
+
+
 def batches(n: int, seed: int = 1, batch_size: int = 16) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """``n`` fixed ``(x, y)`` batches for TinyCNN."""
     gen = torch.Generator().manual_seed(seed)

@@ -5,12 +5,15 @@
 1. ``"drop"`` order (ModelOpt's): the searcher's own iterations bisect the drop thresholds; each step
    is an analytic FLOPs/params count, its score the predicted ``original - threshold``; the visited
    thresholds are recorded (``thresholds_visited``).
-2. ``"cost"`` order (see :mod:`.selection`): bisected the same way, analytically.
+2. ``"cost"`` order (see :mod:`.selection`): bisected the same way, analytically, then filled up to
+   the budget; with limits on several resources, once per weight vector of the resources.
 3. With a ``latency`` limit, the chosen subnet is timed and, while it misses the limit as measured,
    the latency model is refitted and step 1 runs again (``latency_verify``).
-4. With ``boundary_evals`` = N > 0, the distinct boundary subnets of the orders in ``selection`` (and,
-   while N allows, the next threshold of each: one step more pruned) are measured for real (BN
-   re-estimated as for the returned model) and the best score wins. With N = 0 the boundary subnet of
+4. With ``boundary_evals`` = N > 0, the distinct candidate subnets of the orders in ``selection`` are
+   measured for real (BN re-estimated as for the returned model) and the best score wins: first each
+   order's own result, then, while N allows, rank by rank: the drop order's next threshold (one step
+   more pruned); the cost order's subnets of the other weight vectors (by summed drop), then its
+   result's unfilled next threshold. With N = 0 the boundary subnet of
    the first order in ``selection`` is returned on its prediction alone (``("drop",)``, the default:
    ModelOpt's behaviour).
 """
@@ -18,13 +21,14 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 from modeopt_autonas.space import meet_latency_limit
 
 from ._searcher_state import FastNASSearcherState
 from .latency import bisectable_thresholds, drop_slower_choices
-from .selection import bisect_threshold, cost_keys
+from .selection import bisect_threshold, cost_keys, fill_to_budget, weight_grid
 from .sensitivity import PruningKey, monotone_drops, pruning_keys, subnet_for_threshold, threshold_candidates
 
 __all__ = ["BoundarySelector"]
@@ -35,17 +39,23 @@ _log = logging.getLogger(__name__)
 class BoundarySelector(FastNASSearcherState):
     """Mixin of :class:`~modeopt_fastnas.BinarySearcher`: pick the subnet at the budget (module doc)."""
 
-    def _cost_fn(self) -> Any:
-        counter = self._counter()
-        widest = {n: hp.max for n, hp in self._space().named_hparams(True)}
-        full = {"flops": counter.flops(widest) or 1.0, "params": counter.params(widest) or 1.0}
-        weight = self.config["params_weight"]
+    def _cost_weights(self) -> list[dict[str, float]]:
+        """Weights of the ``"cost"`` order per resource, each relative to the unpruned model's count
+        (one limit: FLOPs plus ``params_weight`` times params) or, with several limits, to its limit
+        (every vector of :func:`~.selection.weight_grid`)."""
+        limited = self._limited()
+        if len(limited) <= 1:
+            return [{"flops": 1.0, "params": self.config["params_weight"]}]
+        return weight_grid(limited)
 
-        def cost(name: str, choice: int) -> float:
-            subnet = {**widest, name: choice}
-            return counter.flops(subnet) / full["flops"] + weight * counter.params(subnet) / full["params"]
+    def _limited(self) -> list[str]:
+        return [k for k in ("flops", "params", "latency") if k in self.constraints.limits]
 
-        return cost
+    def _cost_norms(self, weights: dict[str, float]) -> dict[str, float]:
+        if len(self._limited()) <= 1:
+            widest = {n: hp.max for n, hp in self._space().named_hparams(True)}
+            return {k: self._count(k, widest) or 1.0 for k in weights}
+        return {k: float(self.constraints.limits[k]) or 1.0 for k in weights}
 
     def _binary_search(self) -> None:
         """Bisect the ``"drop"`` order with the searcher's iterations (history, best, visited thresholds)."""
@@ -88,9 +98,9 @@ class BoundarySelector(FastNASSearcherState):
                 break
             index = (lo + hi) // 2
         self._chosen_threshold = thresholds[hi][0]
-        self._boundary = [self._boundary_entry("drop", thresholds, hi, self._keys)]
+        self._boundary = [self._boundary_entry("drop", thresholds, hi, self._keys, rank=0)]
         if hi + 1 < len(thresholds):
-            self._boundary.append(self._boundary_entry("drop", thresholds, hi + 1, self._keys))
+            self._boundary.append(self._boundary_entry("drop", thresholds, hi + 1, self._keys, rank=1))
         _log.log(self._log_level, "FastNAS binary search: %d steps over %d thresholds, chose drop threshold %.4g",
                  self.iter_num, len(thresholds), thresholds[hi][0])
 
@@ -112,15 +122,18 @@ class BoundarySelector(FastNASSearcherState):
                                                  rounds, self._log_level)
 
     def _boundary_entry(self, order: str, thresholds: list[PruningKey], index: int,
-                        keys: dict[str, dict[int, PruningKey]]) -> dict[str, Any]:
+                        keys: dict[str, dict[int, PruningKey]], rank: int) -> dict[str, Any]:
+        return self._entry_for(order, index, self._subnet_at(keys, thresholds[index]), rank)
+
+    def _entry_for(self, order: str, step: int, subnet: dict[str, int], rank: int) -> dict[str, Any]:
+        """A candidate subnet of ``order``; ``rank`` 0 is the order's own result, higher ranks are
+        measured later (``boundary_evals``)."""
         counter = self._counter()
-        subnet = {n: hp.max for n, hp in self._space().named_hparams(True)}
-        subnet.update(subnet_for_threshold(keys, thresholds[index]))
         assert self.original_score is not None
         worst = max((self._drops[n][c] for n, c in subnet.items() if n in self._drops), default=0.0)
         summed = sum(self._drops[n][c] for n, c in subnet.items() if n in self._drops)
         return {
-            "order": order, "step": index, "subnet": subnet, "flops": counter.flops(subnet),
+            "order": order, "step": step, "rank": rank, "subnet": subnet, "flops": counter.flops(subnet),
             "params": counter.params(subnet), "satisfied": self._satisfies(subnet),
             "predicted_score": self.original_score - worst, "summed_drop": summed, "score": None,
         }
@@ -129,16 +142,55 @@ class BoundarySelector(FastNASSearcherState):
         return all(self._count(n, subnet) <= limit for n, limit in self.constraints.limits.items())
 
     def _cost_boundary(self) -> None:
-        """Bisect the ``"cost"`` order analytically; add its boundary subnets to the candidates."""
-        keys = cost_keys(self._drops, self._cost_fn())
+        """Bisect the ``"cost"`` order analytically per weight vector and fill each subnet up to the
+        budget; candidates: the filled subnets by summed drop (the least is the order's result), then
+        the best one's unfilled one-step-further neighbour."""
+        counts: dict[tuple[str, str, int], float] = {}  # (resource, hparam, choice) -> count with it alone
+        filled: list[dict[str, Any]] = []
+        for weights in self._cost_weights():
+            entry = self._cost_candidate(weights, counts)
+            if entry is not None and all(e["subnet"] != entry["subnet"] for e in filled):
+                filled.append(entry)
+        filled.sort(key=lambda e: e["summed_drop"])
+        neighbours = [e.pop("_neighbour", None) for e in filled]
+        for rank, entry in enumerate(filled):
+            entry["rank"] = rank
+        self._boundary.extend(filled)
+        if neighbours and neighbours[0] is not None:
+            neighbours[0]["rank"] = len(filled)
+            self._boundary.append(neighbours[0])
+
+    def _cost_candidate(self, weights: dict[str, float], counts: dict[tuple[str, str, int], float]
+                        ) -> dict[str, Any] | None:
+        """The ``"cost"`` order's filled subnet for one weight vector (None when it cannot reach the
+        budget: choices off the hull are never taken), with its unfilled next threshold attached."""
+        widest = {n: hp.max for n, hp in self._space().named_hparams(True)}
+        norms = self._cost_norms(weights)
+        active = {k: w / norms[k] for k, w in weights.items() if w > 0}
+
+        def alone(name: str, choice: int) -> float:
+            for k in active:
+                if (k, name, choice) not in counts:
+                    counts[(k, name, choice)] = self._count(k, {**widest, name: choice})
+            return sum(w * counts[(k, name, choice)] for k, w in active.items())
+
+        def whole(subnet: Mapping[str, int]) -> float:
+            return sum(w * self._count(k, dict(subnet)) for k, w in active.items())
+
+        keys = cost_keys(self._drops, alone)
         thresholds = [t for t in threshold_candidates(keys) if t[0] != float("inf")]
         if not thresholds or not self._satisfies(self._subnet_at(keys, thresholds[-1])):
-            return  # this order cannot reach the budget (choices off the hull are never taken)
+            return None
         hi, _ = bisect_threshold(thresholds, lambda t: self._satisfies(self._subnet_at(keys, t)),
                                  max_steps=self.config["num_iters"])
-        self._boundary.append(self._boundary_entry("cost", thresholds, hi, keys))
+        bisected = self._subnet_at(keys, thresholds[hi])
+        subnet = fill_to_budget(bisected, self._drops, whole, lambda s: self._satisfies(dict(s)))
+        entry = self._entry_for("cost", hi, subnet, rank=0)
+        entry.update({"weights": dict(weights), "widened": sum(subnet[n] != bisected[n] for n in subnet)})
         if hi + 1 < len(thresholds):
-            self._boundary.append(self._boundary_entry("cost", thresholds, hi + 1, keys))
+            entry["_neighbour"] = {**self._entry_for("cost", hi + 1, self._subnet_at(keys, thresholds[hi + 1]), 0),
+                                   "weights": dict(weights)}
+        return entry
 
     def _subnet_at(self, keys: dict[str, dict[int, PruningKey]], threshold: PruningKey
                    ) -> dict[str, int]:
@@ -152,9 +204,8 @@ class BoundarySelector(FastNASSearcherState):
             self._cost_boundary()
         budget = self.config["boundary_evals"]
         wanted = [e for e in self._boundary if e["order"] in self.config["selection"] and e["satisfied"]]
-        # the boundary subnet of every order first, then their one-step-further neighbours
-        first = {o: min(e["step"] for e in wanted if e["order"] == o) for o in {e["order"] for e in wanted}}
-        wanted.sort(key=lambda e: (e["step"] != first[e["order"]], self.config["selection"].index(e["order"])))
+        # the result of every order first, then their further candidates (by rank), order by order
+        wanted.sort(key=lambda e: (e["rank"], self.config["selection"].index(e["order"])))
         seen: list[dict[str, int]] = []
         candidates = []
         for entry in wanted:
@@ -166,7 +217,7 @@ class BoundarySelector(FastNASSearcherState):
         if budget <= 0:  # no real evaluation: the first order's boundary subnet, on its prediction
             lead = self.config["selection"][0]
             if lead != "drop":
-                lead_entry = next((e for e in wanted if e["order"] == lead and e["step"] == first.get(lead)), None)
+                lead_entry = next((e for e in wanted if e["order"] == lead and e["rank"] == 0), None)
                 if lead_entry is None:
                     _log.warning("FastNAS: the %r order reaches no subnet within the budget (its choices off the "
                                  "convex hull are never taken); the 'drop' order's subnet is kept", lead)

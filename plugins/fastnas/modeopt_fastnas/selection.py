@@ -14,7 +14,12 @@ over the sorted keys finds the smallest threshold meeting the budget exactly.
   fraction (so that, at equal FLOPs, parameter-heavy layers are cut first). Only choices on the
   lower convex hull of (cost, drop) are ever optimal; a choice becomes optimal at the slope of the
   hull edge leading to it, which is its key. The summed drops of the result are (to first order)
-  the least for its cost.
+  the least for its cost. Only hull choices are taken, so the bisected subnet can stay well under
+  the budget; :func:`fill_to_budget` then widens it while the budget holds, each step taking the
+  widening that removes the most summed drop per unit of cost it adds. With limits on more than one
+  resource (say FLOPs and params) the cost weighs each resource by a weight relative to its limit;
+  the searcher tries the weights of :func:`weight_grid` and keeps the filled subnet with the least
+  summed drop, so the budget itself says which resource matters more.
 
 Which order prunes better depends on the model and the score; :class:`~modeopt_fastnas.BinarySearcher`
 builds the boundary subnet of each and, with ``boundary_evals`` > 0, measures their real scores
@@ -28,7 +33,7 @@ from collections.abc import Callable, Mapping
 
 from .sensitivity import PruningKey
 
-__all__ = ["SELECTION_ORDERS", "bisect_threshold", "cost_keys"]
+__all__ = ["SELECTION_ORDERS", "bisect_threshold", "cost_keys", "fill_to_budget", "weight_grid"]
 
 SELECTION_ORDERS = ("drop", "cost")
 """The pruning orders a search can build candidates from (``selection`` search-config key)."""
@@ -94,3 +99,48 @@ def bisect_threshold(
             break
         index = (lo + hi) // 2
     return hi, steps
+
+
+def fill_to_budget(
+    subnet: Mapping[str, int],
+    drops: Mapping[str, Mapping[int, float]],
+    cost: Callable[[Mapping[str, int]], float],
+    satisfied: Callable[[Mapping[str, int]], bool],
+) -> dict[str, int]:
+    """Widen ``subnet`` greedily while ``satisfied`` holds (see the module doc).
+
+    Each step considers, for every hparam of ``drops``, each wider choice with a smaller drop, and
+    takes the one with the largest drop removed per unit of ``cost`` (of the whole subnet) added that
+    still satisfies the budget; it stops when no widening lowers the summed drop within the budget.
+    """
+    out = dict(subnet)
+    while True:
+        here = cost(out)
+        options = []
+        for name, by_choice in drops.items():
+            current = out[name]
+            for choice, drop in by_choice.items():
+                gain = by_choice[current] - drop
+                if choice > current and gain > 0:
+                    added = cost({**out, name: choice}) - here
+                    options.append((gain / added if added > 0 else math.inf, gain, name, choice))
+        options.sort(key=lambda o: (-o[0], -o[1], o[2], o[3]))
+        taken = next(((n, c) for _, _, n, c in options if satisfied({**out, n: c})), None)
+        if taken is None:
+            return out
+        out[taken[0]] = taken[1]
+
+
+def weight_grid(resources: list[str], steps: int = 8) -> list[dict[str, float]]:
+    """Weight vectors over ``resources`` on a simplex grid (each weight a multiple of ``1 / steps``,
+    summing to 1), e.g. for two resources ``steps + 1`` vectors from all-first to all-second."""
+    if not resources:
+        return []
+    if len(resources) == 1:
+        return [{resources[0]: 1.0}]
+    grid = []
+    for head in range(steps + 1):
+        for rest in weight_grid(resources[1:], steps - head) if head < steps else [dict.fromkeys(resources[1:], 0.0)]:
+            share = (steps - head) / steps
+            grid.append({resources[0]: head / steps, **{k: v * share for k, v in rest.items()}})
+    return grid
