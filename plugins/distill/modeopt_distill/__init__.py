@@ -17,10 +17,29 @@ functions here are for DDP-wrapped students and for re-attaching a teacher after
 
 from __future__ import annotations
 
-from .api import attach_teacher, compute_kd_loss, is_distilling
-from .config import LOSSES, ExportStudentConfig, KDLossConfig, LayerPair
-from .errors import DistillError, LayerNotFoundError, ShapeMismatchError, TeacherMismatchError, TeacherMissingError
-from .modes import ExportStudentMode, KDLossMode
+import typing as _typing
+
+from modeopt_core.sdk import lazy_exports as _lazy_exports
+
+if _typing.TYPE_CHECKING:
+    from .api import attach_teacher, compute_kd_loss, is_distilling
+    from .config import LOSSES, ExportStudentConfig, KDLossConfig, LayerPair
+    from .errors import DistillError, LayerNotFoundError, ShapeMismatchError, TeacherMismatchError, TeacherMissingError
+    from .modes import ExportStudentMode, KDLossMode
+
+#: the submodule defining each public name (loaded on first access: plugin discovery imports this
+#: package in every process, and few of them distil)
+_EXPORTS: dict[str, tuple[str, ...]] = {
+    "api": ("attach_teacher", "compute_kd_loss", "is_distilling"),
+    "config": ("LOSSES", "ExportStudentConfig", "KDLossConfig", "LayerPair"),
+    "errors": ("DistillError", "LayerNotFoundError", "ShapeMismatchError", "TeacherMismatchError", "TeacherMissingError"),
+    "modes": ("ExportStudentMode", "KDLossMode"),
+}
+
+if not _typing.TYPE_CHECKING:
+    __getattr__, __dir__ = _lazy_exports(
+        __name__, {name: module for module, names in _EXPORTS.items() for name in names}, ()
+    )
 
 __all__ = [
     "LOSSES",

@@ -10,11 +10,13 @@ from modeopt_core import ConfigError, ConvertError, Metadata, ModeConfig, ModeDe
 
 from ._space import search_space_of
 from .config import ExportStudentConfig, KDLossConfig, LayerPair
-from .distiller import Distiller, distiller_of
 from .errors import ShapeMismatchError
 from .teacher import build_teacher, check_layer_names, describe_teacher
 
 __all__ = ["ExportStudentMode", "KDLossMode"]
+
+# The distiller (with its adapters and losses) is imported where a mode method needs it: every process
+# that discovers the plugins registers these modes, and few of them distil.
 
 
 def _adapter_sizes(index: int, pair: LayerPair, student: tuple[int, ...], teacher: tuple[int, ...]) -> dict[str, int]:
@@ -90,6 +92,8 @@ class KDLossMode(ModeDescriptor):
     def convert(self, model: nn.Module, config: ModeConfig, *, teacher: Any = None, dummy_input: Any = None,
                 **mode_kwargs: Any) -> tuple[nn.Module, Metadata]:
         assert isinstance(config, KDLossConfig)
+        from .distiller import Distiller, distiller_of
+
         if distiller_of(model) is not None:
             raise ConvertError("this model is already being distilled; apply 'export_student' first")
         check_layer_names(model, _student_names(config), "student")
@@ -121,6 +125,8 @@ class KDLossMode(ModeDescriptor):
     def update_for_save(self, model: nn.Module, config: ModeConfig, metadata: Metadata) -> None:
         # a teacher attached with strict=False may differ from the one described at apply time
         assert isinstance(config, KDLossConfig)
+        from .distiller import distiller_of
+
         distiller = distiller_of(model)
         if distiller is not None and distiller.teacher is not None:
             metadata["teacher"] = describe_teacher(config, distiller.teacher)
@@ -131,6 +137,8 @@ class KDLossMode(ModeDescriptor):
         if config.teacher_subnet is not None:
             search_space_of(model, required=True)
         sizes = {str(k): {kk: int(vv) for kk, vv in v.items()} for k, v in (metadata.get("adapters") or {}).items()}
+        from .distiller import Distiller
+
         Distiller(model, config, None, dict(metadata.get("teacher") or {}), sizes).install()
         return model
 
@@ -155,6 +163,8 @@ class ExportStudentMode(ModeDescriptor):
         return True
 
     def convert(self, model: nn.Module, config: ModeConfig, **mode_kwargs: Any) -> tuple[nn.Module, Metadata]:
+        from .distiller import distiller_of
+
         distiller = distiller_of(model)
         if distiller is None:
             raise ConvertError("this model is not being distilled (no kd_loss state on it); nothing to export")
