@@ -158,7 +158,7 @@ def test_fill_to_budget_only_widens_stays_in_budget_and_stops_only_when_nothing_
     start = dict.fromkeys(drops, 1)
     if cost(start) > limit:
         return
-    filled = fill_to_budget(start, drops, cost, lambda s: cost(s) <= limit + 1e-9)
+    filled = fill_to_budget(start, drops, lambda n, a, b: unit_cost[n] * (b - a), lambda s: cost(s) <= limit + 1e-9)
     assert all(filled[n] >= start[n] for n in drops) and cost(filled) <= limit + 1e-9
     for n, by in drops.items():
         for c, d in by.items():

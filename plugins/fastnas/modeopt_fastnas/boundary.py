@@ -21,7 +21,6 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
 from typing import Any
 
 from modeopt_autonas.space import meet_latency_limit
@@ -174,8 +173,8 @@ class BoundarySelector(FastNASSearcherState):
                     counts[(k, name, choice)] = self._count(k, {**widest, name: choice})
             return sum(w * counts[(k, name, choice)] for k, w in active.items())
 
-        def whole(subnet: Mapping[str, int]) -> float:
-            return sum(w * self._count(k, dict(subnet)) for k, w in active.items())
+        def added(name: str, current: int, wider: int) -> float:  # with the other hparams at their max
+            return alone(name, wider) - alone(name, current)
 
         keys = cost_keys(self._drops, alone)
         thresholds = [t for t in threshold_candidates(keys) if t[0] != float("inf")]
@@ -184,7 +183,7 @@ class BoundarySelector(FastNASSearcherState):
         hi, _ = bisect_threshold(thresholds, lambda t: self._satisfies(self._subnet_at(keys, t)),
                                  max_steps=self.config["num_iters"])
         bisected = self._subnet_at(keys, thresholds[hi])
-        subnet = fill_to_budget(bisected, self._drops, whole, lambda s: self._satisfies(dict(s)))
+        subnet = fill_to_budget(bisected, self._drops, added, lambda s: self._satisfies(dict(s)))
         entry = self._entry_for("cost", hi, subnet, rank=0)
         entry.update({"weights": dict(weights), "widened": sum(subnet[n] != bisected[n] for n in subnet)})
         if hi + 1 < len(thresholds):

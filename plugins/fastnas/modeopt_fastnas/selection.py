@@ -16,7 +16,8 @@ over the sorted keys finds the smallest threshold meeting the budget exactly.
   hull edge leading to it, which is its key. The summed drops of the result are (to first order)
   the least for its cost. Only hull choices are taken, so the bisected subnet can stay well under
   the budget; :func:`fill_to_budget` then widens it while the budget holds, each step taking the
-  widening that removes the most summed drop per unit of cost it adds. With limits on more than one
+  widening that removes the most summed drop per unit of cost it adds (the cost with the other
+  hparams at their max) among those that fit. With limits on more than one
   resource (say FLOPs and params) the cost weighs each resource by a weight relative to its limit;
   the searcher tries the weights of :func:`weight_grid` and keeps the filled subnet with the least
   summed drop, so the budget itself says which resource matters more.
@@ -104,25 +105,25 @@ def bisect_threshold(
 def fill_to_budget(
     subnet: Mapping[str, int],
     drops: Mapping[str, Mapping[int, float]],
-    cost: Callable[[Mapping[str, int]], float],
+    added_cost: Callable[[str, int, int], float],
     satisfied: Callable[[Mapping[str, int]], bool],
 ) -> dict[str, int]:
     """Widen ``subnet`` greedily while ``satisfied`` holds (see the module doc).
 
-    Each step considers, for every hparam of ``drops``, each wider choice with a smaller drop, and
-    takes the one with the largest drop removed per unit of ``cost`` (of the whole subnet) added that
-    still satisfies the budget; it stops when no widening lowers the summed drop within the budget.
+    Each step ranks, for every hparam of ``drops``, each wider choice with a smaller drop by the drop
+    it removes per unit of ``added_cost(name, current, wider)``, and takes the first in that ranking
+    that still satisfies the budget; it stops when no widening that lowers the summed drop fits.
+    ``added_cost`` only orders the widenings (an estimate is fine): ``satisfied`` decides.
     """
     out = dict(subnet)
     while True:
-        here = cost(out)
         options = []
         for name, by_choice in drops.items():
             current = out[name]
             for choice, drop in by_choice.items():
                 gain = by_choice[current] - drop
                 if choice > current and gain > 0:
-                    added = cost({**out, name: choice}) - here
+                    added = added_cost(name, current, choice)
                     options.append((gain / added if added > 0 else math.inf, gain, name, choice))
         options.sort(key=lambda o: (-o[0], -o[1], o[2], o[3]))
         taken = next(((n, c) for _, _, n, c in options if satisfied({**out, n: c})), None)
