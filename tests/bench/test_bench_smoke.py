@@ -181,7 +181,10 @@ def test_vs_modelopt_runs_without_modelopt(tmp_path: Path) -> None:
     assert _column(digits, "library") == ["modeopt", "modeopt (activation)"]
     assert all(float(v.rstrip("%")) <= 50.0 for v in _column(digits, "FLOPs kept"))
     assert _column(resnet, "library") == ["modeopt"] and int(_column(resnet, "score evals")[0]) > 0
-    assert _column(imports, "statement") == ["import modeopt_core, modeopt_fastnas"]
+    assert _column(imports, "statement") == [
+        "import modeopt_core, modeopt_fastnas", "from modeopt_fastnas import prune, AccuracyScore",
+        "... + mo.get_mode('fastnas') (all a prune imports)"]
+    assert all(float(v) > 0 for v in _column(imports, "s"))
     assert float(_column(load, "ratio")[0]) > 0
     assert "downstream evaluations" in out
 
