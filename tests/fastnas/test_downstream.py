@@ -217,3 +217,49 @@ def test_a_bound_weight_read_outside_its_module_ends_the_prefix() -> None:
         fast = evaluator.evaluate()
         recalibrate_batchnorm(model, loop, min_batches=1)
         assert fast == pytest.approx(score(model), abs=1e-12)
+
+
+def test_the_map_calibrates_on_an_evenly_spaced_share_and_the_returned_model_on_every_batch() -> None:
+    model = _calibrated(tiny_cnn())
+    loader = _labelled(48, INPUT_SHAPE, 4, seed=3)  # 6 batches of 8
+    score = LossScore(_labelled(32, INPUT_SHAPE, 4, seed=5))
+    config = {"score_func": score, "data_loader": loader, "max_iter_data_loader": 6, "min_calibration_batches": 4,
+              "bn_calibration": "each", "verbose": False, "zero_drop_tol": 0.0, "map_calibration_samples": 16}
+    pruned, res = prune(copy.deepcopy(model), {"flops": "50%"}, torch.zeros(INPUT_SHAPE), config)
+    # 16 samples are 2 batches, min_calibration_batches raises that to 4: batches 0, 1, 3, 4 of 6
+    assert res["map_calibration_batches"] == 4 and res["calibration_batches"] == 6
+    drawn = list(loader)
+    share = make_forward_loop([drawn[i] for i in (0, 1, 3, 4)])
+    space = get_search_space(pruned)
+    widest = {n: hp.max for n, hp in space.named_hparams(True)}
+
+    def scored(subnet: dict[str, int]) -> float:
+        space.select(subnet, strict=False)
+        recalibrate_batchnorm(pruned, share, min_batches=4, strict=True)
+        return float(score(pruned))
+
+    original = scored(widest)
+    assert res["original_score"] == pytest.approx(original, abs=1e-6)
+    checked = 0
+    for name, raw in res["sensitivity_raw"].items():
+        for choice, drop in raw[:2]:
+            if drop is not None:  # the entry, measured by hand on the share
+                assert drop == pytest.approx(original - scored({**widest, name: choice}), abs=1e-6), (name, choice)
+                checked += 1
+    assert checked >= 3
+    # the same search on every batch measures another map; the share agrees with full evaluations
+    _, every = prune(copy.deepcopy(model), {"flops": "50%"}, torch.zeros(INPUT_SHAPE),
+                     {**config, "map_calibration_samples": 0})
+    assert every["map_calibration_batches"] == 6 and every["sensitivity_raw"] != res["sensitivity_raw"]
+    _, full = prune(copy.deepcopy(model), {"flops": "50%"}, torch.zeros(INPUT_SHAPE),
+                    {**config, "downstream_cache_mb": 0})
+    _assert_same(full, res)
+
+
+def test_the_share_counts_samples_of_tensor_dict_and_tuple_inputs() -> None:
+    from modeopt_fastnas.map_builder import _num_samples
+
+    assert _num_samples(torch.zeros(5, 3)) == 5
+    assert _num_samples({"attention_mask": None, "input_ids": torch.zeros(7, 4, dtype=torch.long)}) == 7
+    assert _num_samples((torch.tensor(1.0), [torch.zeros(3, 2)])) == 3
+    assert _num_samples("text") is None and _num_samples(torch.tensor(2.0)) is None

@@ -46,6 +46,10 @@ class FastNASSearcherState(IterativeSearcher):
         self._evals_this_run = self._calibration_batches = 0
         self._bn_recalibrated = False
         self._calibration_inputs: list[Any] | None = None  # model inputs of the drawn calibration batches
+        # the map's share of them (``map_calibration_samples``): its loop and model inputs
+        self._map_forward_loop: Any = None
+        self._map_calibration_inputs: list[Any] | None = None
+        self._in_map = False  # measuring the original score or the map: calibrate on the map's share
         self._calibrated_at_max = False  # BN statistics re-estimated for the original subnet in this run
         self._boundary: list[dict[str, Any]] = []  # candidate subnets at the budget (see .boundary)
         self._boundary_evals = 0

@@ -12,14 +12,21 @@ the map. Each entry narrows one width hparam with every other at its max and mea
   re-estimates all BN statistics and calls ``score_func`` on the whole model.
 
 Hparams are visited choice by choice from the smallest up; once a drop is ~0 (``zero_drop_tol``) the
-larger choices are not evaluated. The map is checkpointed after each hparam.
+larger choices are not evaluated. The map is checkpointed after each hparam. BatchNorm statistics of
+the original score and of every entry are re-estimated on the map's share of the drawn calibration
+batches (``map_calibration_samples``; all of them for boundary evaluations and the returned model).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import math
 import time
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
+
+import torch
 
 from modeopt_core import distributed, recalibrate_batchnorm
 from modeopt_core.sdk import default_collect_func, progress
@@ -32,21 +39,38 @@ from .scores import BatchScore
 if TYPE_CHECKING:
     from modeopt_autonas.space import Hparam
 
-__all__ = ["SensitivityMapBuilder"]
+__all__ = ["DEFAULT_MAP_CALIBRATION_SAMPLES", "SensitivityMapBuilder"]
 
 _log = logging.getLogger(__name__)
+
+DEFAULT_MAP_CALIBRATION_SAMPLES = 512
+"""Default ``map_calibration_samples``: the samples the map's BatchNorm re-estimations see at least."""
+
+
+def _num_samples(inputs: Any) -> int | None:
+    """The batch size of a model input (the first dim of its first tensor), None when it has none."""
+    if isinstance(inputs, torch.Tensor):
+        return int(inputs.shape[0]) if inputs.ndim else None
+    items = inputs.values() if isinstance(inputs, Mapping) else inputs if isinstance(inputs, (list, tuple)) else ()
+    for item in items:
+        found = _num_samples(item)
+        if found is not None:
+            return found
+    return None
 
 
 class SensitivityMapBuilder(FastNASSearcherState):
     """Mixin of :class:`~modeopt_fastnas.BinarySearcher`: the sensitivity-map phase (see the module doc)."""
 
     def _calibrate(self) -> None:
-        """Re-estimate all BatchNorm statistics for the current subnet from the calibration data."""
+        """Re-estimate all BatchNorm statistics for the current subnet from the calibration data (the
+        map's share of it while measuring the original score or the map)."""
         assert self.forward_loop is not None
+        loop = self._map_forward_loop if self._in_map and self._map_forward_loop is not None else self.forward_loop
         space = self._space()
         with space.driver_paused():  # the searcher manages the statistics itself
             self._calibration_batches = recalibrate_batchnorm(
-                self.model, self.forward_loop, min_batches=self.config["min_calibration_batches"], strict=True
+                self.model, loop, min_batches=self.config["min_calibration_batches"], strict=True
             )
         if space.driver is not None:
             space.driver.note_calibrated()
@@ -82,7 +106,7 @@ class SensitivityMapBuilder(FastNASSearcherState):
             _log.log(self._log_level, "FastNAS evaluates the whole model per entry: %s", why)
             return None
         assert isinstance(score, BatchScore)
-        calibration = self._calibration_inputs if self._bn_mode == "each" else None
+        calibration = self._map_calibration_inputs if self._bn_mode == "each" else None
         evaluator = DownstreamEvaluator(self._space(), score, calibration, cache_mb=cap)
         if self._bn_mode == "each" and not self._calibrated_at_max:
             self._calibrate()  # resumed: the reference statistics are those of the calibrated original model
@@ -92,6 +116,21 @@ class SensitivityMapBuilder(FastNASSearcherState):
     def _draw_calibration_inputs(self, drawn: list[Any]) -> None:
         collect = self.config["collect_func"] or default_collect_func
         self._calibration_inputs = [collect(batch) for batch in drawn]
+        self._map_calibration_inputs = [self._calibration_inputs[i] for i in self._map_calibration_share()]
+
+    def _map_calibration_share(self) -> list[int]:
+        """Indices of the drawn batches the map calibrates on: evenly spaced (a loader sorted by class
+        gives every class its share), at least ``map_calibration_samples`` samples and
+        ``min_calibration_batches`` batches; all of them when 0 or when the batch size is unknown."""
+        assert self._calibration_inputs is not None
+        total, wanted = len(self._calibration_inputs), self.config["map_calibration_samples"]
+        size = _num_samples(self._calibration_inputs[0]) if total else None
+        if wanted <= 0 or not size:
+            return list(range(total))
+        count = max(math.ceil(wanted / size), self.config["min_calibration_batches"])
+        if count >= total:
+            return list(range(total))
+        return [i * total // count for i in range(count)]
 
     # ----------------------------------------------------------------- the map
     def _build_sensitivity_map(self) -> None:
@@ -109,7 +148,9 @@ class SensitivityMapBuilder(FastNASSearcherState):
             enabled=self.config["verbose"],
             unit="choice",
         )
-        with bar:
+        self._in_map = True
+        with bar, contextlib.ExitStack() as stack:
+            stack.callback(setattr, self, "_in_map", False)
             if distributed.is_distributed() and self.config["shard_evaluations"]:
                 self._map_across_ranks(todo, max_subnet, bar)
                 todo = []

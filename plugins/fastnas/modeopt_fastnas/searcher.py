@@ -58,7 +58,7 @@ from modeopt_core.sdk import (
 
 from .boundary import BoundarySelector
 from .downstream import DEFAULT_CACHE_MB
-from .map_builder import SensitivityMapBuilder
+from .map_builder import DEFAULT_MAP_CALIBRATION_SAMPLES, SensitivityMapBuilder
 from .scores import BatchScore, model_outputs
 from .selection import SELECTION_ORDERS
 from .sensitivity import monotone_drops, subnet_for_threshold
@@ -95,6 +95,11 @@ class BinarySearcher(SensitivityMapBuilder, BoundarySelector):
       includes the damage of stale statistics, which fine-tuning would repair.
     * ``min_calibration_batches`` (default 8): calibration that sees fewer batches raises
       :class:`~modeopt_core.calibration.CalibrationError` naming the count (never a silent skip).
+    * ``map_calibration_samples`` (default 512): with ``"each"`` and a ``data_loader``, the original
+      score and the sensitivity map re-estimate BatchNorm statistics on evenly spaced drawn batches
+      holding at least this many samples (and ``min_calibration_batches`` batches); boundary
+      evaluations and the returned model use all of them. A map entry only compares a narrowing with
+      the original, so its statistics need not see every batch; 0: all batches everywhere.
     * ``zero_drop_tol`` (default 1e-5): a drop at or below this counts as no drop; larger choices of that
       hparam are then not evaluated.
     * ``num_iters`` (default 100): cap on binary-search steps (it needs about log2 of the number of
@@ -134,6 +139,7 @@ class BinarySearcher(SensitivityMapBuilder, BoundarySelector):
             "num_iters": 100,
             "bn_calibration": "auto",
             "min_calibration_batches": DEFAULT_MIN_CALIBRATION_BATCHES,
+            "map_calibration_samples": DEFAULT_MAP_CALIBRATION_SAMPLES,
             "zero_drop_tol": 1e-5,
             "downstream_cache_mb": DEFAULT_CACHE_MB,
             "selection": ("drop",),
@@ -207,6 +213,7 @@ class BinarySearcher(SensitivityMapBuilder, BoundarySelector):
                 "or set bn_calibration='off'"
             )
         check_int(merged, "min_calibration_batches", minimum=1)
+        check_int(merged, "map_calibration_samples", minimum=0)
         check_float(merged, "zero_drop_tol", minimum=0.0)
         check_float(merged, "downstream_cache_mb", minimum=0.0)
         check_float(merged, "params_weight", minimum=0.0)
@@ -324,6 +331,8 @@ class BinarySearcher(SensitivityMapBuilder, BoundarySelector):
             drawn = list(itertools.islice(self.config["data_loader"], self.config["max_iter_data_loader"]))
             self.forward_loop = make_forward_loop(drawn, collect_func=self.config["collect_func"])
             self._draw_calibration_inputs(drawn)
+            share = [drawn[i] for i in self._map_calibration_share()]
+            self._map_forward_loop = make_forward_loop(share, collect_func=self.config["collect_func"])
         t0 = time.perf_counter()
         with self._restore_on_error():  # the sort is function-preserving, but a failed search undoes it too
             scores = None
@@ -346,7 +355,11 @@ class BinarySearcher(SensitivityMapBuilder, BoundarySelector):
         ]
         with self._restore_on_error():
             if self.original_score is None:
-                self.original_score = self._measure_score()
+                self._in_map = True  # the reference of the map's drops: measured the way its entries are
+                try:
+                    self.original_score = self._measure_score()
+                finally:
+                    self._in_map = False
                 self._calibrated_at_max = self._bn_mode == "each"
             _log.log(self._log_level, "FastNAS original score %.6g", self.original_score)
         self._timings["setup_s"] = time.perf_counter() - start
@@ -461,6 +474,8 @@ class BinarySearcher(SensitivityMapBuilder, BoundarySelector):
             "timings": {**self._timings, "sensitivity_s": self.sensitivity_time_s},
             "bn_recalibrated": self._bn_recalibrated,
             "calibration_batches": self._calibration_batches,
+            "map_calibration_batches": (None if self._map_calibration_inputs is None
+                                        else len(self._map_calibration_inputs)),
             "pruned_hparams": list(self._targets),
             "boundary": [{k: v for k, v in e.items()} for e in self._boundary],
             "boundary_evals": self._boundary_evals,
