@@ -54,7 +54,9 @@ def run(checkpoint: str | None, kill_at: int | None = None, downstream: bool = F
         return agreement(m)
 
     config: dict[str, Any] = {"score_func": _Counting(agreement, note) if downstream else score,
-                              "data_loader": batches(8), "verbose": False}
+                              "data_loader": batches(8), "verbose": False,
+                              # the map calibrates on batches 0, 2, 4, 6: a resumed search draws the same share
+                              "min_calibration_batches": 4, "map_calibration_samples": 48}
     if checkpoint is not None:
         config["checkpoint"] = checkpoint
     _, res = prune(model, {"flops": "45%"}, torch.zeros(INPUT_SHAPE), config)
@@ -65,6 +67,7 @@ def run(checkpoint: str | None, kill_at: int | None = None, downstream: bool = F
         "resumed": res["resumed"],
         "num_score_evals_total": res["num_score_evals_total"],
         "downstream_groups": res["timings"].get("downstream_recorded_groups", 0),
+        "map_calibration_batches": res["map_calibration_batches"],
     }
 
 

@@ -32,6 +32,7 @@ def test_sigkilled_search_resumes_without_reevaluating_and_ends_identically(tmp_
     reference = run(None, downstream=downstream)  # uninterrupted, in this process
     assert reference["evaluated"][:9] == ["original"] + ["conv1.out_channels"] * 7 + ["conv2.out_channels"]
     assert (reference["downstream_groups"] > 0) == downstream
+    assert reference["map_calibration_batches"] == 4  # the map's share of the 8 drawn batches
     if downstream:  # downstream-only entries are exact: the same map and subnet as full evaluations
         full = run(None)
         assert reference["subnet"] == full["subnet"] and reference["evaluated"] == full["evaluated"]
@@ -53,6 +54,6 @@ def test_sigkilled_search_resumes_without_reevaluating_and_ends_identically(tmp_
     assert "original" not in result["evaluated"] and "conv1.out_channels" not in result["evaluated"]
     assert result["evaluated"] == reference["evaluated"][8:], (result, reference)
     assert result["num_score_evals_total"] == len(reference["evaluated"])
-    assert result["subnet"] == reference["subnet"]
+    assert result["subnet"] == reference["subnet"] and result["map_calibration_batches"] == 4
     for name, drops in reference["sensitivity_map"].items():
         assert result["sensitivity_map"][name] == pytest.approx(drops, abs=1e-6)

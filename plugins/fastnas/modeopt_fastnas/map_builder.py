@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from modeopt_core import distributed, recalibrate_batchnorm
+from modeopt_core import distributed, make_forward_loop, recalibrate_batchnorm
 from modeopt_core.sdk import default_collect_func, progress
 
 from ._searcher_state import FastNASSearcherState
@@ -114,9 +114,13 @@ class SensitivityMapBuilder(FastNASSearcherState):
         return evaluator
 
     def _draw_calibration_inputs(self, drawn: list[Any]) -> None:
+        """Keep the drawn calibration batches' model inputs, and the map's share of them (its inputs
+        and its forward loop)."""
         collect = self.config["collect_func"] or default_collect_func
         self._calibration_inputs = [collect(batch) for batch in drawn]
-        self._map_calibration_inputs = [self._calibration_inputs[i] for i in self._map_calibration_share()]
+        share = self._map_calibration_share()
+        self._map_calibration_inputs = [self._calibration_inputs[i] for i in share]
+        self._map_forward_loop = make_forward_loop([drawn[i] for i in share], collect_func=self.config["collect_func"])
 
     def _map_calibration_share(self) -> list[int]:
         """Indices of the drawn batches the map calibrates on: evenly spaced (a loader sorted by class

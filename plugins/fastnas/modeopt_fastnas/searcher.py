@@ -331,8 +331,6 @@ class BinarySearcher(SensitivityMapBuilder, BoundarySelector):
             drawn = list(itertools.islice(self.config["data_loader"], self.config["max_iter_data_loader"]))
             self.forward_loop = make_forward_loop(drawn, collect_func=self.config["collect_func"])
             self._draw_calibration_inputs(drawn)
-            share = [drawn[i] for i in self._map_calibration_share()]
-            self._map_forward_loop = make_forward_loop(share, collect_func=self.config["collect_func"])
         t0 = time.perf_counter()
         with self._restore_on_error():  # the sort is function-preserving, but a failed search undoes it too
             scores = None
