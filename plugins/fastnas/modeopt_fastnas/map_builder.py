@@ -23,7 +23,7 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -74,6 +74,15 @@ class SensitivityMapBuilder(FastNASSearcherState):
             )
         if space.driver is not None:
             space.driver.note_calibrated()
+
+    @contextlib.contextmanager
+    def _map_calibration(self) -> Iterator[None]:
+        """While measuring the original score or the map: calibrate on the map's share of the batches."""
+        self._in_map = True
+        try:
+            yield
+        finally:
+            self._in_map = False
 
     def _measure_score(self, calibrate: bool | None = None) -> float:
         """The real score of the model as currently selected, after BN re-estimation when ``calibrate``
@@ -152,9 +161,7 @@ class SensitivityMapBuilder(FastNASSearcherState):
             enabled=self.config["verbose"],
             unit="choice",
         )
-        self._in_map = True
-        with bar, contextlib.ExitStack() as stack:
-            stack.callback(setattr, self, "_in_map", False)
+        with bar, self._map_calibration():
             if distributed.is_distributed() and self.config["shard_evaluations"]:
                 self._map_across_ranks(todo, max_subnet, bar)
                 todo = []

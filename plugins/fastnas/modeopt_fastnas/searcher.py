@@ -353,11 +353,8 @@ class BinarySearcher(SensitivityMapBuilder, BoundarySelector):
         ]
         with self._restore_on_error():
             if self.original_score is None:
-                self._in_map = True  # the reference of the map's drops: measured the way its entries are
-                try:
+                with self._map_calibration():  # the reference of the map's drops: measured the way its entries are
                     self.original_score = self._measure_score()
-                finally:
-                    self._in_map = False
                 self._calibrated_at_max = self._bn_mode == "each"
             _log.log(self._log_level, "FastNAS original score %.6g", self.original_score)
         self._timings["setup_s"] = time.perf_counter() - start

@@ -30,7 +30,7 @@ builds the boundary subnet of each and, with ``boundary_evals`` > 0, measures th
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 
 from .sensitivity import PruningKey
 
@@ -134,14 +134,16 @@ def fill_to_budget(
 
 def weight_grid(resources: list[str], steps: int = 8) -> list[dict[str, float]]:
     """Weight vectors over ``resources`` on a simplex grid (each weight a multiple of ``1 / steps``,
-    summing to 1), e.g. for two resources ``steps + 1`` vectors from all-first to all-second."""
+    summing to 1), e.g. for two resources ``steps + 1`` vectors from all-second to all-first."""
+
+    def parts(total: int, count: int) -> Iterator[tuple[int, ...]]:  # ``count`` naturals summing to ``total``
+        if count == 1:
+            yield (total,)
+            return
+        for head in range(total + 1):
+            for rest in parts(total - head, count - 1):
+                yield (head, *rest)
+
     if not resources:
         return []
-    if len(resources) == 1:
-        return [{resources[0]: 1.0}]
-    grid = []
-    for head in range(steps + 1):
-        for rest in weight_grid(resources[1:], steps - head) if head < steps else [dict.fromkeys(resources[1:], 0.0)]:
-            share = (steps - head) / steps
-            grid.append({resources[0]: head / steps, **{k: v * share for k, v in rest.items()}})
-    return grid
+    return [{r: p / steps for r, p in zip(resources, combo)} for combo in parts(steps, len(resources))]
