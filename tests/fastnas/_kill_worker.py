@@ -47,7 +47,8 @@ def run(checkpoint: str | None, kill_at: int | None = None, downstream: bool = F
         if kill_at is not None and len(evaluated) + 1 == kill_at:
             os.kill(os.getpid(), signal.SIGKILL)
         narrowed = [n for n, v in space.config().items() if v != widest[n]]
-        evaluated.append(narrowed[0] if narrowed else "original")
+        # importance="auto" first scores a probe subnet per ranking (every width narrowed)
+        evaluated.append("probe" if len(narrowed) > 1 else narrowed[0] if narrowed else "original")
 
     def score(m: torch.nn.Module) -> float:
         note()
@@ -68,6 +69,8 @@ def run(checkpoint: str | None, kill_at: int | None = None, downstream: bool = F
         "num_score_evals_total": res["num_score_evals_total"],
         "downstream_groups": res["timings"].get("downstream_recorded_groups", 0),
         "map_calibration_batches": res["map_calibration_batches"],
+        "importance": res["importance"],
+        "importance_probe": res["importance_probe"],
     }
 
 

@@ -30,7 +30,9 @@ def _worker(ckpt: Path, out: Path, kill_at: int | None = None, downstream: bool 
 @pytest.mark.parametrize("downstream", [False, True], ids=["full", "downstream"])
 def test_sigkilled_search_resumes_without_reevaluating_and_ends_identically(tmp_path: Path, downstream: bool) -> None:
     reference = run(None, downstream=downstream)  # uninterrupted, in this process
-    assert reference["evaluated"][:9] == ["original"] + ["conv1.out_channels"] * 7 + ["conv2.out_channels"]
+    probes = ["probe", "probe"]  # importance="auto": one probe subnet per candidate ranking
+    assert reference["evaluated"][:11] == probes + ["original"] + ["conv1.out_channels"] * 7 + ["conv2.out_channels"]
+    assert set(reference["importance_probe"]) == {"contribution", "activation"}
     assert (reference["downstream_groups"] > 0) == downstream
     assert reference["map_calibration_batches"] == 4  # the map's share of the 8 drawn batches
     if downstream:  # downstream-only entries are exact: the same map and subnet as full evaluations
@@ -40,19 +42,20 @@ def test_sigkilled_search_resumes_without_reevaluating_and_ends_identically(tmp_
             assert reference["sensitivity_map"][name] == pytest.approx(drops, abs=1e-9)
 
     ckpt, out = tmp_path / "search.ckpt", tmp_path / "out.json"
-    killed = _worker(ckpt, out, kill_at=10, downstream=downstream)  # dies inside conv2's second evaluation
+    killed = _worker(ckpt, out, kill_at=12, downstream=downstream)  # dies inside conv2's second evaluation
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     assert not out.exists() and ckpt.exists(), killed.stderr
     state = read_state_file(ckpt, kind=SEARCH_CHECKPOINT_KIND)["state"]
     assert list(state["sensitivity_raw"]) == ["conv1.out_channels"]  # checkpointed after each hparam
-    assert state["num_score_evals"] == 8
+    assert state["num_score_evals"] == 10 and state["importance_chosen"] == reference["importance"]
 
     resumed = _worker(ckpt, out, downstream=downstream)
     assert resumed.returncode == 0, resumed.stderr
     result = json.loads(out.read_text())
     assert result["resumed"], (result, reference)
-    assert "original" not in result["evaluated"] and "conv1.out_channels" not in result["evaluated"]
-    assert result["evaluated"] == reference["evaluated"][8:], (result, reference)
+    assert not {"probe", "original", "conv1.out_channels"} & set(result["evaluated"])
+    assert result["evaluated"] == reference["evaluated"][10:], (result, reference)
+    assert (result["importance"], result["importance_probe"]) == (reference["importance"], reference["importance_probe"])
     assert result["num_score_evals_total"] == len(reference["evaluated"])
     assert result["subnet"] == reference["subnet"] and result["map_calibration_batches"] == 4
     for name, drops in reference["sensitivity_map"].items():

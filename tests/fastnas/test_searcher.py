@@ -145,7 +145,9 @@ def test_bn_is_recalibrated_before_each_evaluation_and_for_the_result_never_for_
     score = _score()
     model, res = prune(_converted(), {"flops": "50%"}, DUMMY,
                        {"score_func": score, "forward_loop": _counting_loop(data, calls), "verbose": False})
-    assert len(calls) == res["num_score_evals"] + 1  # one per evaluation, one for the returned subnet
+    # one per evaluation (two are importance="auto"'s probes), one to rank channels by their activations,
+    # one for the returned subnet
+    assert res["importance_probe"] is not None and len(calls) == res["num_score_evals"] + 2
     assert res["bn_recalibrated"] and res["calibration_batches"] == 10
     stats = model.bn2.running_mean.clone(), model.bn2.running_var.clone()
     assert stats[0].numel() == res["subnet"][C2]
@@ -157,7 +159,7 @@ def test_final_only_calibration_and_off() -> None:
     calls: list[int] = []
     _, res = prune(_converted(), {"flops": "50%"}, DUMMY, {"score_func": _score(), "verbose": False,
                    "forward_loop": _counting_loop(batches(8), calls), "bn_calibration": "final"})
-    assert len(calls) == 1 and res["bn_recalibrated"]
+    assert len(calls) == 2 and res["bn_recalibrated"]  # the activation ranking's pass, the returned subnet
     model = _converted()
     before = model.bn1.running_var.clone()
     model, res = prune(model, {"flops": "50%"}, DUMMY, {"score_func": _score(), "verbose": False,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -54,6 +56,7 @@ class FastNASSearcherState(IterativeSearcher):
         self._boundary: list[dict[str, Any]] = []  # candidate subnets at the budget (see .boundary)
         self._boundary_evals = 0
         self._chosen_order = "drop"
+        self._probe_subnet: dict[str, int] | None = None
 
     def _reset_bisection(self) -> None:
         """Forget the binary search's iterations, best subnet and cached constraint checks (the map stays)."""
@@ -71,6 +74,15 @@ class FastNASSearcherState(IterativeSearcher):
     @property
     def _log_level(self) -> int:
         return self.log_level  # INFO when verbose (on rank 0 only under torch.distributed)
+
+    @contextlib.contextmanager
+    def _map_calibration(self) -> Iterator[None]:
+        """While measuring the original score, the ranking probe or the map: calibrate on the map's share of the batches."""
+        self._in_map = True
+        try:
+            yield
+        finally:
+            self._in_map = False
 
     def _measure_score(self, calibrate: bool | None = None) -> float:
         """The real score of the current subnet (implemented by the map builder)."""

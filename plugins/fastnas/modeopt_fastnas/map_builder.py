@@ -19,11 +19,10 @@ batches (``map_calibration_samples``; all of them for boundary evaluations and t
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -74,15 +73,6 @@ class SensitivityMapBuilder(FastNASSearcherState):
             )
         if space.driver is not None:
             space.driver.note_calibrated()
-
-    @contextlib.contextmanager
-    def _map_calibration(self) -> Iterator[None]:
-        """While measuring the original score or the map: calibrate on the map's share of the batches."""
-        self._in_map = True
-        try:
-            yield
-        finally:
-            self._in_map = False
 
     def _measure_score(self, calibrate: bool | None = None) -> float:
         """The real score of the model as currently selected, after BN re-estimation when ``calibrate``

@@ -24,13 +24,12 @@ Phases of :meth:`BinarySearcher.search` on a model converted with the ``fastnas`
 from __future__ import annotations
 
 import contextlib
-import functools
 import itertools
 import logging
 import math
 import time
 from collections.abc import Iterator, Mapping
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import torch
 from pydantic import Field, JsonValue
@@ -59,7 +58,8 @@ from modeopt_core.sdk import (
 from .boundary import BoundarySelector
 from .downstream import DEFAULT_CACHE_MB
 from .map_builder import DEFAULT_MAP_CALIBRATION_SAMPLES, SensitivityMapBuilder
-from .scores import BatchScore, model_outputs
+from .ranking import IMPORTANCE_KINDS, ChannelRanker
+from .scores import BatchScore
 from .selection import SELECTION_ORDERS
 from .sensitivity import monotone_drops, subnet_for_threshold
 
@@ -69,8 +69,6 @@ _log = logging.getLogger(__name__)
 
 BN_CALIBRATION_MODES = ("auto", "each", "final", "off")
 """Values of the ``bn_calibration`` search-config key (see :class:`BinarySearcher`)."""
-IMPORTANCE_KINDS = ("weight", "activation", "contribution")
-"""Values of the ``importance`` search-config key (see :class:`BinarySearcher`)."""
 
 
 def _fmt(value: float) -> str:
@@ -80,7 +78,7 @@ def _fmt(value: float) -> str:
     return f"{value:.3g}"
 
 
-class BinarySearcher(SensitivityMapBuilder, BoundarySelector):
+class BinarySearcher(ChannelRanker, SensitivityMapBuilder, BoundarySelector):
     """FastNAS search (see the module doc). Needs ``score_func`` and a ``flops``, ``params`` and/or ``latency`` budget.
 
     Search-config keys on top of the searcher base's:
@@ -108,7 +106,10 @@ class BinarySearcher(SensitivityMapBuilder, BoundarySelector):
       built when a ``latency`` limit is given (``LATENCY_OPTIONS``: timer, runs, cache_dir, ...).
     * ``latency_report`` (default ``"final"``): which exported subnets are timed for the results'
       ``latency`` entry (``LATENCY_REPORT_MODES``; ``"visited"`` adds every binary-search step).
-    * ``importance`` (default ``"contribution"``): how channels are ranked before the map:
+    * ``importance`` (default ``"auto"``): how channels are ranked before the map: ``"auto"`` measures
+      one probe subnet (every width scaled alike to the budget) under ``"contribution"`` and under
+      ``"activation"`` (when there is data to rank on) and keeps the ranking that scores higher (two
+      score evaluations; :mod:`.ranking`, results ``importance``, ``importance_probe``);
       ``"contribution"`` by the scale a channel leaves with (the affine weight of a BatchNorm after
       it, else its producers' norms) times the norms of the weights reading it, ``"weight"`` by the
       L1 norms of the weights producing them (ModelOpt-like), ``"activation"`` by their contribution
@@ -120,8 +121,8 @@ class BinarySearcher(SensitivityMapBuilder, BoundarySelector):
       (:func:`~modeopt_autonas.space.meet_latency_limit`; results ``latency.verification``). 0: trust
       the prediction.
 
-    Resuming: the checkpoint (``checkpoint`` key) holds the original score and the finished hparams'
-    drops. It is tied to the search config, the search space and the dummy input but *not* to the
+    Resuming: the checkpoint (``checkpoint`` key) holds the original score, the ranking ``"auto"`` chose
+    and the finished hparams' drops. It is tied to the search config, the search space and the dummy input but *not* to the
     constraints: a finished map is reused to prune the same model to another budget in milliseconds.
     """
 
@@ -148,7 +149,7 @@ class BinarySearcher(SensitivityMapBuilder, BoundarySelector):
             "latency_options": None,
             "latency_report": "final",
             "latency_verify": 4,
-            "importance": "contribution",
+            "importance": "auto",
         }
 
     @property
@@ -161,6 +162,8 @@ class BinarySearcher(SensitivityMapBuilder, BoundarySelector):
             "num_score_evals": 0,
             "sensitivity_time_s": 0.0,
             "thresholds_visited": [],
+            "importance_chosen": None,
+            "importance_probe": {},
         }
 
     @property
@@ -173,6 +176,8 @@ class BinarySearcher(SensitivityMapBuilder, BoundarySelector):
             "num_score_evals": NonNegativeInt,
             "sensitivity_time_s": Annotated[float, Field(ge=0, allow_inf_nan=False)],
             "thresholds_visited": list[dict[str, JsonValue]],
+            "importance_chosen": Literal["contribution", "activation"] | None,
+            "importance_probe": dict[Literal["contribution", "activation"], FiniteFloat],
         }
 
     def validate_state(self, state: Mapping[str, Any]) -> None:
@@ -333,16 +338,7 @@ class BinarySearcher(SensitivityMapBuilder, BoundarySelector):
             self._draw_calibration_inputs(drawn)
         t0 = time.perf_counter()
         with self._restore_on_error():  # the sort is function-preserving, but a failed search undoes it too
-            scores = None
-            if self.config["importance"] == "activation":
-                loop = self.forward_loop
-                if loop is None:  # data-free: the score's own batches (checked with the config)
-                    score = self.config["score_func"]
-                    loop = functools.partial(model_outputs, inputs=score.inputs)
-                scores = space.activation_importance(loop, list(self._targets))
-            elif self.config["importance"] == "contribution":
-                scores = space.contribution_importance(list(self._targets))
-            space.sort_by_importance(list(self._targets), log=self._sort_log, scores=scores)
+            self._rank_channels()
         self._timings["sort_s"] = time.perf_counter() - t0
         self._bn_snapshot = [
             (buf, buf.detach().clone())
@@ -475,6 +471,7 @@ class BinarySearcher(SensitivityMapBuilder, BoundarySelector):
             "boundary": [{k: v for k, v in e.items()} for e in self._boundary],
             "boundary_evals": self._boundary_evals,
             "selection_order": self._chosen_order,
+            **self._ranking_results(),
         })
         latency = counter.latency_model
         if latency is not None:
