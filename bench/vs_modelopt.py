@@ -125,12 +125,19 @@ def _ours_digits(baseline: nn.Module, budget: str, batch_size: int, bn: str, fin
     flops, params = _counts(model, dummy)
     out = {"search_s": seconds, "score_evals": res["num_score_evals"], "flops_ratio": flops / base_flops,
            "params_ratio": params / base_params, "accuracy_out": accuracy(model, val),
-           "boundary_evals": res.get("boundary_evals", 0), "timings": res["timings"]}
+           "boundary_evals": res.get("boundary_evals", 0), "timings": res["timings"],
+           "ranking": _ranking(res)}
     if finetune:
         torch.manual_seed(0)
         train_epochs(model, train, finetune, lr=0.01)
         out["accuracy_finetuned"] = accuracy(model, val)
     return out
+
+
+def _ranking(res: dict[str, Any]) -> str:
+    """The channel ranking the search used, with importance="auto"'s probe scores."""
+    probe = res.get("importance_probe") or {}
+    return res["importance"] + (f" (probe {', '.join(f'{k} {v:.4g}' for k, v in probe.items())})" if probe else "")
 
 
 def _median(runs: list[dict[str, Any]], key: str) -> float:
@@ -197,7 +204,8 @@ def _digits(args: argparse.Namespace, python: str | None) -> list[list[str]]:
                     t = r["timings"]
                     print(f"  ours {setting} {budget}: sensitivity {t.get('sensitivity_s', 0):.1f} s (records "
                           f"{t.get('downstream_recorded_s', 0):.1f} s, downstream evaluations "
-                          f"{t.get('downstream_evaluate_s', 0):.1f} s), setup {t.get('setup_s', 0):.1f} s")
+                          f"{t.get('downstream_evaluate_s', 0):.1f} s), setup {t.get('setup_s', 0):.1f} s, "
+                          f"ranking {r['ranking']}")
     return rows
 
 
@@ -222,7 +230,8 @@ def _resnet18(args: argparse.Namespace, python: str | None) -> tuple[list[list[s
         evals = timings.get("downstream_evaluate_s", timings["sensitivity_s"])
         limit = (f"sensitivity map {timings['sensitivity_s']:.2f} s, of which downstream evaluations {evals:.2f} s "
                  f"and records {timings.get('downstream_recorded_s', 0.0):.2f} s; whole search {seconds:.2f} s = "
-                 f"{seconds / max(evals, 1e-9):.2f}x the downstream evaluations (the physical limit of the map)")
+                 f"{seconds / max(evals, 1e-9):.2f}x the downstream evaluations (the physical limit of the map); "
+                 f"ranking {_ranking(res)}")
         if python is not None and not args.quick:
             theirs.append(_run_modelopt(python, ["resnet18", "--budget", "60%", "--size", str(size), "--batches",
                                                   str(batches), "--batch-size", str(batch), "--threads",
