@@ -59,9 +59,9 @@ class ChannelRanker(FastNASSearcherState):
         if kind == "auto":
             candidates = [k for k in AUTO_CANDIDATES if k != "activation" or self._has_ranking_data()]
             if self.importance_chosen is None and len(candidates) > 1:
-                probe = self._probe_rankings(candidates)
-                # every rank measured the same scores; rank 0's choice keeps them in step regardless
-                self.importance_chosen = distributed.broadcast_object(max(candidates, key=lambda k: probe[k]))
+                # every rank measures the probes; rank 0's scores keep the ranks in step regardless
+                probe = distributed.broadcast_object(self._probe_rankings(candidates))
+                self.importance_chosen = max(candidates, key=lambda k: probe[k])
                 self.importance_probe = probe
                 _log.log(self._log_level, "FastNAS ranks channels by %s (probe scores %s)", self.importance_chosen,
                          {k: round(v, 6) for k, v in probe.items()})
