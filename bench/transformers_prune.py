@@ -102,7 +102,8 @@ def llama_part(args: argparse.Namespace) -> list[list[Any]]:
     ratio = timing["pruned"].median / timing["original"].median
     config = exported.config
     print(f"llama pruned: hidden {config.hidden_size}, heads {config.num_attention_heads}/"
-          f"{config.num_key_value_heads}, MLP {config.intermediate_size}, layers {config.num_hidden_layers}")
+          f"{config.num_key_value_heads}, MLP {config.intermediate_size}, layers {config.num_hidden_layers}; "
+          f"channels ranked by {results['importance']} (probe scores {results['importance_probe']})")
     return [[
         "tiny Llama 4x256, 8/2 heads", "params 50%", f"{search_s:.1f}", results["num_score_evals"],
         f"{loss_before:.3f}", f"{loss_after:.3f}", f"{100 * results['params_ratio']:.1f}%",
