@@ -29,6 +29,7 @@ __all__ = [
     "cpu_model",
     "cpu_probe_ms",
     "digits_baseline",
+    "finetune_accuracies",
     "fmt_bytes",
     "fmt_count",
     "load_average",
@@ -227,3 +228,22 @@ def digits_baseline(
     folder.mkdir(parents=True, exist_ok=True)
     mo.save(model, path)
     return model, seconds
+
+
+def finetune_accuracies(model: Any, train_set: Any, val: Any, epochs: int, shuffles: int,
+                        lr: float = 0.01) -> list[float]:
+    """Validation accuracy after fine-tuning a copy of ``model`` for ``epochs`` on each of ``shuffles``
+    orders of ``train_set`` (batches of 64; order ``k`` is seeded ``k``, order 0 is ``digits_loaders``')."""
+    import copy
+
+    from torch.utils.data import DataLoader
+
+    from modeopt_fastnas.digits import accuracy, train_epochs
+
+    out = []
+    for k in range(shuffles):
+        tuned = copy.deepcopy(model)
+        loader = DataLoader(train_set, batch_size=64, shuffle=True, generator=torch.Generator().manual_seed(k))
+        train_epochs(tuned, loader, epochs, lr=lr)
+        out.append(accuracy(tuned, val))
+    return out

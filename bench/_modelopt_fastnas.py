@@ -49,7 +49,7 @@ def _digits(args: argparse.Namespace) -> dict[str, Any]:
     from torch.utils.data import DataLoader, TensorDataset
 
     from modeopt_core import make_forward_loop, recalibrate_batchnorm
-    from modeopt_fastnas.digits import DigitsResNet, accuracy, digits_loaders, train_epochs
+    from modeopt_fastnas.digits import DigitsResNet, accuracy, digits_loaders
 
     train, val = digits_loaders(seed=0, image_size=args.image_size)
     x, y = train.dataset.tensors  # type: ignore[attr-defined]
@@ -80,9 +80,9 @@ def _digits(args: argparse.Namespace) -> dict[str, Any]:
     recalibrate_batchnorm(model, make_forward_loop(calib, max_batches=50), min_batches=1)
     out["accuracy_bn"] = accuracy(model, val)
     if args.finetune_epochs:
-        torch.manual_seed(0)
-        train_epochs(model, train, args.finetune_epochs, lr=0.01)
-        out["accuracy_finetuned"] = accuracy(model, val)
+        from _common import finetune_accuracies
+
+        out["finetuned"] = finetune_accuracies(model, train.dataset, val, args.finetune_epochs, args.finetune_shuffles)
     return out
 
 
@@ -121,6 +121,7 @@ def main() -> int:
     parser.add_argument("--image-size", type=int, default=16)
     parser.add_argument("--calib-batch-size", type=int, default=16)
     parser.add_argument("--finetune-epochs", type=int, default=0, help="digits: fine-tune the result (SGD, lr 0.01)")
+    parser.add_argument("--finetune-shuffles", type=int, default=1, help="digits: fine-tunes, each on its own order")
     parser.add_argument("--divisor", type=int, default=8, help="digits: channel divisor of the rules (default 8)")
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--batches", type=int, default=2)

@@ -43,6 +43,7 @@ import torch
 from _common import (
     add_common_args,
     digits_baseline,
+    finetune_accuracies,
     machine_line,
     markdown_table,
     measure_interleaved,
@@ -55,7 +56,7 @@ from torch.utils.data import DataLoader, TensorDataset
 import modeopt_core as mo
 from modeopt_core.constraints import ForwardProfiler
 from modeopt_fastnas import AccuracyScore, OutputAgreement, prune, random_inputs
-from modeopt_fastnas.digits import accuracy, digits_loaders, train_epochs
+from modeopt_fastnas.digits import accuracy, digits_loaders
 
 _PARTS = ("digits", "resnet18", "import", "load")
 _SETTINGS = {  # name: (calibration batch size, our bn_calibration, ModelOpt re-estimates?)
@@ -105,7 +106,7 @@ _VARIANTS: dict[str, dict[str, Any]] = {  # --ours: our search-config variants b
 _AFTER_MODELOPT = {"cost+modelopt-params", "modelopt-params"}
 
 
-def _ours_digits(baseline: nn.Module, budget: str, batch_size: int, bn: str, finetune: int,
+def _ours_digits(baseline: nn.Module, budget: str, batch_size: int, bn: str, finetune: int, shuffles: int,
                  image_size: int, extra: dict[str, Any] | None = None,
                  params_limit: float | None = None) -> dict[str, Any]:
     train, val = digits_loaders(seed=0, image_size=image_size)
@@ -128,9 +129,7 @@ def _ours_digits(baseline: nn.Module, budget: str, batch_size: int, bn: str, fin
            "boundary_evals": res.get("boundary_evals", 0), "timings": res["timings"],
            "ranking": _ranking(res)}
     if finetune:
-        torch.manual_seed(0)
-        train_epochs(model, train, finetune, lr=0.01)
-        out["accuracy_finetuned"] = accuracy(model, val)
+        out["finetuned"] = finetune_accuracies(model, train.dataset, val, finetune, shuffles)
     return out
 
 
@@ -149,11 +148,25 @@ def _cell(runs: list[dict[str, Any]], key: str, fmt: str) -> str:
     return format(statistics.median(values), fmt) if values else "-"
 
 
+def _finetuned_cell(runs: list[dict[str, Any]]) -> str:
+    """The median fine-tuned accuracy over runs and shuffles, with the range when there are several."""
+    values = [a for r in runs for a in r.get("finetuned", [])]
+    if not values:
+        return "-"
+    median = f"{statistics.median(values):.2f}"
+    return median if len(values) == 1 else f"{median} ({min(values):.2f}-{max(values):.2f})"
+
+
 def _digits(args: argparse.Namespace, python: str | None) -> list[list[str]]:
     baseline, _ = digits_baseline(args.epochs, cache=args.cache, image_size=16, lr=args.lr,
                                   widths=(8, 16, 16) if args.quick else (32, 64, 128))
     _, val = digits_loaders(seed=0, image_size=16)
-    print(f"digits baseline: {args.epochs} epochs, val accuracy {accuracy(baseline, val):.2f}%\n")
+    print(f"digits baseline: {args.epochs} epochs, val accuracy {accuracy(baseline, val):.2f}%")
+    if args.finetune:  # the control: what the same fine-tune does to the unpruned baseline
+        control = finetune_accuracies(baseline, digits_loaders(seed=0, image_size=16)[0].dataset, val,
+                                      args.finetune_epochs, args.finetune_shuffles)
+        print(f"baseline after the same fine-tune: {_finetuned_cell([{'finetuned': control}])}")
+    print()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         weights = Path(tmp) / "baseline.safetensors"
@@ -170,19 +183,20 @@ def _digits(args: argparse.Namespace, python: str | None) -> list[list[str]]:
                 finetune = args.finetune_epochs if args.finetune and bn == "each" and batch_size == 16 else 0
                 for _ in range(args.runs):  # interleaved: both see the same load
                     for variant in (v for v in variants if v not in _AFTER_MODELOPT):
-                        ours_by[variant].append(_ours_digits(baseline, budget, batch_size, bn, finetune, 16,
+                        ours_by[variant].append(_ours_digits(baseline, budget, batch_size, bn, finetune, args.finetune_shuffles, 16,
                                                              _VARIANTS[variant]))
                     key = (batch_size, budget, finetune)
                     if python is not None and not args.quick and (key not in reused or args.runs > 1):
                         reused[key] = _run_modelopt(python, [
                             "digits", "--baseline", str(weights), "--budget", budget, "--calib-batch-size",
                             str(batch_size), "--threads", str(args.threads),
-                            *(["--finetune-epochs", str(finetune)] if finetune else [])])
+                            *(["--finetune-epochs", str(finetune), "--finetune-shuffles", str(args.finetune_shuffles)]
+                              if finetune else [])])
                     if key in reused:
                         theirs.append(reused[key])
                     kept = reused.get(key, {}).get("params_ratio")
                     for variant in (v for v in variants if v in _AFTER_MODELOPT and kept):
-                        ours_by[variant].append(_ours_digits(baseline, budget, batch_size, bn, finetune, 16,
+                        ours_by[variant].append(_ours_digits(baseline, budget, batch_size, bn, finetune, args.finetune_shuffles, 16,
                                                              _VARIANTS[variant], params_limit=kept))
                 theirs = [t for t in theirs if "error" not in t] or theirs
                 ratios = {v: (f"{_median(r, 'search_s') / _median(theirs, 'search_s'):.2f}"
@@ -197,7 +211,7 @@ def _digits(args: argparse.Namespace, python: str | None) -> list[list[str]]:
                     rows.append([
                         setting, budget, who, _cell(runs, "search_s", ".1f"), _cell(runs, "score_evals", ".0f"),
                         _cell(runs, "flops_ratio", ".1%"), _cell(runs, "params_ratio", ".1%"),
-                        _cell(runs, "accuracy_out", ".2f"), _cell(runs, "accuracy_finetuned", ".2f"),
+                        _cell(runs, "accuracy_out", ".2f"), _finetuned_cell(runs),
                         _cell(runs, "boundary_evals", ".0f"), ratio,
                     ])
                 for r in ours_by[variants[0]]:
@@ -305,6 +319,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lr", type=float, default=0.05, help="digits baseline learning rate (default 0.05)")
     parser.add_argument("--finetune", action="store_true", help="fine-tune the 75-batch-loader results")
     parser.add_argument("--finetune-epochs", type=int, default=5)
+    parser.add_argument("--finetune-shuffles", type=int, default=1,
+                        help="fine-tunes per result, each on its own order of the training set (median and range)")
     parser.add_argument("--import-runs", type=int, default=5)
     parser.add_argument("--modelopt-python", default=None, help="python of a venv with nvidia-modelopt 0.47")
     parser.add_argument("--cache", default=None, help="digits baseline cache folder")

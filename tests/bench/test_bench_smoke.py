@@ -176,10 +176,14 @@ def test_distill_digits() -> None:
 def test_vs_modelopt_runs_without_modelopt(tmp_path: Path) -> None:
     # a path that does not exist: only our figures (ModelOpt is never installed in the test venv)
     out, tables = _run("vs_modelopt.py", "--cache", str(tmp_path), "--modelopt-python", str(tmp_path / "none"),
-                       "--parts", "digits,resnet18,import,load", "--ours", "defaults,activation", timeout=900)
+                       "--parts", "digits,resnet18,import,load", "--ours", "defaults,activation", "--finetune",
+                       "--finetune-shuffles", "2", timeout=900)
     digits, resnet, imports, load = tables
     assert _column(digits, "library") == ["modeopt", "modeopt (activation)"]
     assert all(float(v.rstrip("%")) <= 50.0 for v in _column(digits, "FLOPs kept"))
+    # two fine-tunes per result: their median and range
+    assert all(re.fullmatch(r"[\d.]+ \([\d.]+-[\d.]+\)", v) for v in _column(digits, "after fine-tune"))
+    assert re.search(r"^baseline after the same fine-tune: [\d.]+ \([\d.]+-[\d.]+\)$", out, re.M)
     assert _column(resnet, "library") == ["modeopt"] and int(_column(resnet, "score evals")[0]) > 0
     assert _column(imports, "statement") == [
         "import modeopt_core, modeopt_fastnas", "from modeopt_fastnas import prune, AccuracyScore",
