@@ -26,13 +26,13 @@ DUMMY = torch.zeros(INPUT_SHAPE)
 def test_uniform_subnet_takes_the_smallest_choice_at_the_fraction_and_grows_with_it(
         choices: dict[str, list[int]], f1: float, f2: float) -> None:
     low, high = sorted((f1, f2))
-    a, b = uniform_subnet({n: tuple(c) for n, c in choices.items()}, low), uniform_subnet(
-        {n: tuple(c) for n, c in choices.items()}, high)
+    space = {n: tuple(c) for n, c in choices.items()}
+    a, b = uniform_subnet(space, low), uniform_subnet(space, high)
     for name, options in choices.items():
         assert a[name] in options and a[name] <= b[name]
         assert a[name] >= low * max(options) - 1e-9
         assert all(c < low * max(options) - 1e-9 for c in options if c < a[name])  # nothing smaller qualifies
-    assert uniform_subnet({n: tuple(c) for n, c in choices.items()}, 0.0) == {n: min(c) for n, c in choices.items()}
+    assert uniform_subnet(space, 0.0) == {n: min(c) for n, c in choices.items()}
 
 
 def _dead_channels() -> torch.nn.Module:
