@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import torch
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from modeopt_autonas.space import Hparam, SearchSpace, SubnetProfiler
 from modeopt_core import IterativeSearcher
@@ -74,6 +75,11 @@ class FastNASSearcherState(IterativeSearcher):
     @property
     def _log_level(self) -> int:
         return self.log_level  # INFO when verbose (on rank 0 only under torch.distributed)
+
+    def _snapshot_bn(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Every BatchNorm buffer of the model with a copy of its value (put back with ``buf.copy_``)."""
+        return [(buf, buf.detach().clone()) for m in self.model.modules() if isinstance(m, _BatchNorm)
+                for buf in m._buffers.values() if buf is not None]
 
     @contextlib.contextmanager
     def _map_calibration(self) -> Iterator[None]:

@@ -17,7 +17,6 @@ import logging
 from typing import Any
 
 import torch
-from torch.nn.modules.batchnorm import _BatchNorm
 
 from modeopt_core import distributed
 
@@ -92,10 +91,7 @@ class ChannelRanker(FastNASSearcherState):
         probe: dict[str, float] = {}
         for kind in candidates:
             self._sort(kind)
-            # after the sort, which permutes the statistics with their channels
-            buffers = [buf for m in self.model.modules() if isinstance(m, _BatchNorm)
-                       for buf in m._buffers.values() if buf is not None]
-            saved = [buf.detach().clone() for buf in buffers]
+            saved = self._snapshot_bn()  # after the sort, which permutes the statistics with their channels
             space.select(subnet, strict=False)
             try:
                 with self._map_calibration():
@@ -103,18 +99,19 @@ class ChannelRanker(FastNASSearcherState):
             finally:
                 space.select(self.original_config, strict=False)
                 with torch.no_grad():
-                    for buf, value in zip(buffers, saved):
+                    for buf, value in saved:
                         buf.copy_(value)
         return probe
 
     def _probe_widths(self) -> dict[str, int]:
         """The uniform subnet of the pruned hparams with the largest width fraction that meets the budget."""
         choices = {n: tuple(hp.choices) for n, hp in self._targets.items()}
-        assert self.original_config is not None
+        original = self.original_config
+        assert original is not None
         limits = self.constraints.limits
 
         def fits(fraction: float) -> bool:
-            config = {**self.original_config, **uniform_subnet(choices, fraction)}  # type: ignore[dict-item]
+            config = {**original, **uniform_subnet(choices, fraction)}
             return all(self._count(name, config) <= limit for name, limit in limits.items())
 
         low, high = 0.0, 1.0  # the smallest subnet fits (checked before the search starts)

@@ -121,9 +121,10 @@ class BinarySearcher(ChannelRanker, SensitivityMapBuilder, BoundarySelector):
       (:func:`~modeopt_autonas.space.meet_latency_limit`; results ``latency.verification``). 0: trust
       the prediction.
 
-    Resuming: the checkpoint (``checkpoint`` key) holds the original score, the ranking ``"auto"`` chose
-    and the finished hparams' drops. It is tied to the search config, the search space and the dummy input but *not* to the
-    constraints: a finished map is reused to prune the same model to another budget in milliseconds.
+    Resuming: the checkpoint (``checkpoint`` key) holds the original score, the ranking ``"auto"``
+    chose and the finished hparams' drops. It is tied to the search config, the search space and the
+    dummy input but *not* to the constraints: a finished map is reused to prune the same model to
+    another budget in milliseconds.
     """
 
     resume_compatible_keys = IterativeSearcher.resume_compatible_keys | {
@@ -340,13 +341,7 @@ class BinarySearcher(ChannelRanker, SensitivityMapBuilder, BoundarySelector):
         with self._restore_on_error():  # the sort is function-preserving, but a failed search undoes it too
             self._rank_channels()
         self._timings["sort_s"] = time.perf_counter() - t0
-        self._bn_snapshot = [
-            (buf, buf.detach().clone())
-            for m in self.model.modules()
-            if isinstance(m, _BatchNorm)
-            for buf in m._buffers.values()
-            if buf is not None
-        ]
+        self._bn_snapshot = self._snapshot_bn()
         with self._restore_on_error():
             if self.original_score is None:
                 with self._map_calibration():  # the reference of the map's drops: measured the way its entries are
